@@ -1,0 +1,79 @@
+"""The `vocoder` command line on a real clip, and its one-line errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from speech import speech_clip
+from tiny import randomise_end_layers
+from vocoder.cli import main
+from vocoder.config import FlowConfig
+from vocoder.inference import Vocoder
+
+SMALL_REAL_RATE = FlowConfig(n_group=256, n_flows=2, n_early_every=4, n_layers=2, n_channels=8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = Vocoder.from_config(SMALL_REAL_RATE, seed=0)
+    randomise_end_layers(model.flow)
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def test_mel_synth_resynth_info(tmp_path, checkpoint, capsys):
+    clip = speech_clip()
+    mel_path, synth_path, resynth_path = tmp_path / "m.npy", tmp_path / "s.wav", tmp_path / "r.wav"
+    assert main(["mel", str(clip), "-o", str(mel_path)]) == 0
+    mel = np.load(mel_path)
+    assert mel.shape[0] == 80 and mel.dtype == np.float32
+
+    assert main(["synth", str(mel_path), "-o", str(synth_path), "--checkpoint", str(checkpoint),
+                 "--seed", "1", "--denoise", "0.1"]) == 0
+    audio, rate = soundfile.read(synth_path)
+    assert rate == 22050 and audio.shape[0] == mel.shape[1] * 256
+
+    assert main(["resynth", str(clip), "-o", str(resynth_path), "--checkpoint", str(checkpoint),
+                 "--sigma", "0.5"]) == 0
+    source = soundfile.info(clip)
+    assert abs(soundfile.info(resynth_path).frames - source.frames * 22050 / source.samplerate) <= 2
+
+    capsys.readouterr()
+    assert main(["info", str(checkpoint)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"]["n_group"] == 256 and info["mel"]["sample_rate"] == 22050
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["resynth", "/nonexistent.wav", "-o", "x.wav"], "no such file"),
+    (["synth", "/nonexistent.npy", "-o", "x.wav"], "not a readable .npy mel"),
+    (["info", "/nonexistent"], "not a checkpoint directory"),
+    (["resynth", "IN", "-o", "x.wav", "--sigma", "3"], "--sigma must be within 0-1.5"),
+])
+def test_user_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_wrong_mel_bands_one_line(tmp_path, checkpoint, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((40, 10), dtype=np.float32))
+    assert main(["synth", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "x.wav"),
+                 "--checkpoint", str(checkpoint)]) == 2
+    assert "mel has 40 bands, model expects 80" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_module():
+    result = subprocess.run([sys.executable, "-m", "vocoder", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "resynth" in result.stdout
+
+
+def test_core_never_imports_server_or_training():
+    code = ("import sys, vocoder, vocoder.cli, vocoder.inference; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('server', 'training', 'fastapi')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,1 @@
+"""Training-side tools: dataset preparation, filelists and the training loop."""

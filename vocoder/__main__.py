@@ -1,0 +1,6 @@
+"""`python -m vocoder` runs the command line."""
+import sys
+
+from vocoder.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""Checkpoints as data: a directory with `model.safetensors` and `config.json`.
+
+The JSON carries a format version, the flow config, the mel config and free-form
+metadata (training config, provenance). Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vocoder.config import FlowConfig
+from vocoder.errors import CheckpointError
+from vocoder.mel import MelConfig
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class Checkpoint:
+    model: FlowConfig
+    mel: MelConfig
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name in (WEIGHTS_FILE, CONFIG_FILE):
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory (expected {WEIGHTS_FILE} and {CONFIG_FILE})")
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}")
+    return path
+
+
+def read_config(path: str | Path) -> tuple[FlowConfig, MelConfig, dict[str, Any]]:
+    """Read and validate a checkpoint's `config.json` without loading weights."""
+    path = _resolve(path)
+    try:
+        raw = json.loads((path / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({error})") from None
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}, this code reads version {FORMAT_VERSION}")
+    try:
+        model = FlowConfig.from_dict(raw["model"])
+        mel = MelConfig.from_dict(raw["mel"])
+    except KeyError as error:
+        raise CheckpointError(f"{path / CONFIG_FILE}: missing section {error}") from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {error}") from None
+    if model.n_mels != mel.n_mels or model.hop_length != mel.hop_length:
+        raise CheckpointError(
+            f"{path}: model expects {model.n_mels} mels / hop {model.hop_length}, "
+            f"mel config gives {mel.n_mels} / {mel.hop_length}")
+    return model, mel, raw.get("metadata", {})
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint directory; weights come back as float32 on the CPU."""
+    model, mel, metadata = read_config(path)
+    path = _resolve(path)
+    state = {key: value.float() for key, value in load_file(str(path / WEIGHTS_FILE)).items()}
+    return Checkpoint(model=model, mel=mel, state_dict=state, metadata=metadata)
+
+
+def _atomic_write(target: Path, write: Any) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a checkpoint directory atomically per file; `dtype=torch.float16` halves its size."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().to("cpu", dtype).contiguous() for key, value in checkpoint.state_dict.items()}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": checkpoint.model.to_dict(),
+        "mel": checkpoint.mel.to_dict(),
+        "metadata": checkpoint.metadata,
+    }
+    _atomic_write(path / WEIGHTS_FILE, lambda name: save_file(tensors, name))
+    _atomic_write(path / CONFIG_FILE, lambda name: Path(name).write_text(json.dumps(config, indent=2) + "\n"))
+    return path
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], where: str) -> None:
+    """Fail with one message listing missing, unexpected and mis-shaped tensors."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f"{key}: checkpoint {tuple(given[key].shape)} vs model {tuple(expected[key].shape)}"
+              for key in sorted(set(expected) & set(given)) if given[key].shape != expected[key].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (first: {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[:3]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (first: {shapes[:3]})")
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit the config: " + "; ".join(problems))

@@ -1,0 +1,111 @@
+"""Typed configuration of the flow, with the named presets of both families.
+
+`waveglow` is NVIDIA's published layout; `efficient` is the CPU-friendly family
+(mel at frame rate, large n_group, depthwise-separable conditioner).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+Family = Literal["waveglow", "efficient"]
+FAMILIES = ("waveglow", "efficient")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Shape of a WaveGlow-style flow.
+
+    Audio is squeezed into `n_group` channels; the flow has `n_flows` steps, and every
+    `n_early_every` steps `n_early_size` channels leave early. Each coupling is driven by a
+    conditioner of `n_layers` gated layers with `n_channels` channels; dilation doubles per
+    layer and restarts every `dilation_cycle` layers (0: never restarts).
+    """
+
+    family: Family = "efficient"
+    n_mels: int = 80
+    hop_length: int = 256
+    n_group: int = 256
+    n_flows: int = 12
+    n_early_every: int = 4
+    n_early_size: int = 16
+    n_layers: int = 6
+    n_channels: int = 128
+    kernel_size: int = 3
+    dilation_cycle: int = 3
+    upsample_kernel: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.n_group % 2 or self.n_group <= 0:
+            problems.append(f"n_group must be a positive even number, got {self.n_group}")
+        elif self.hop_length % self.n_group:
+            problems.append(f"n_group {self.n_group} must divide hop_length {self.hop_length}")
+        if self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size must be odd, got {self.kernel_size}")
+        if self.n_early_size % 2 or self.n_early_every <= 0:
+            problems.append("n_early_size must be even and n_early_every positive")
+        if self.n_channels % 2:
+            problems.append(f"n_channels must be even, got {self.n_channels}")
+        if self.remaining_channels(self.n_flows - 1) < 2:
+            problems.append("early outputs leave fewer than 2 channels for the last flow")
+        if problems:
+            raise ValueError("invalid flow config: " + "; ".join(problems))
+
+    @property
+    def groups_per_frame(self) -> int:
+        return self.hop_length // self.n_group
+
+    def remaining_channels(self, step: int) -> int:
+        """Channels still in the flow at `step` (after the early outputs before it)."""
+        return self.n_group - (step // self.n_early_every) * self.n_early_size
+
+    def dilation(self, layer: int) -> int:
+        exponent = layer % self.dilation_cycle if self.dilation_cycle else layer
+        return 2 ** exponent
+
+    def receptive_field_groups(self) -> int:
+        """One-sided receptive field of all flow steps together, in group-rate positions."""
+        per_step = sum((self.kernel_size - 1) // 2 * self.dilation(i) for i in range(self.n_layers))
+        return per_step * self.n_flows
+
+    def receptive_field_frames(self) -> int:
+        """One-sided context (mel frames) that chunked inference must overlap by."""
+        frames = -(-self.receptive_field_groups() // self.groups_per_frame)
+        if self.family == "waveglow":
+            frames += -(-(self.upsample_kernel - self.hop_length) // self.hop_length)
+        return frames
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FlowConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown flow config keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+    def updated(self, **changes: Any) -> "FlowConfig":
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, FlowConfig] = {
+    "waveglow": FlowConfig(
+        family="waveglow", n_group=8, n_flows=12, n_early_every=4, n_early_size=2,
+        n_layers=8, n_channels=256, kernel_size=3, dilation_cycle=0,
+    ),
+    "efficient": FlowConfig(),
+    "efficient-small": FlowConfig(n_flows=8, n_channels=96, n_layers=4, dilation_cycle=2),
+}
+
+
+def preset(name: str) -> FlowConfig:
+    """Look up a named preset, with a clear error naming the choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None

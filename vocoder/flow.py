@@ -1,0 +1,229 @@
+"""The normalizing flow: squeeze, invertible 1x1 convolutions and affine couplings.
+
+`forward` maps audio to the latent `z` with the exact log-determinant; `infer` runs the
+inverse pass from Gaussian noise. Shapes: audio `(B, L)`, mel `(B, n_mels, T)`,
+latent `(B, n_group, G)` with `G = L / n_group` group-rate positions.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+from vocoder.conditioner import GatedConditioner
+from vocoder.config import FlowConfig
+from vocoder.errors import MelError, VocoderError
+
+
+class Invertible1x1Conv(nn.Module):
+    """Channel mixing `(B, C, G) -> (B, C, G)` by a learned invertible matrix.
+
+    The inverse is cached while the weight is unchanged, so inference inverts it once.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        weight = torch.linalg.qr(torch.randn(channels, channels))[0]
+        if torch.det(weight) < 0:
+            weight[:, 0] = -weight[:, 0]
+        self.weight = nn.Parameter(weight)
+        self._inverse_key: tuple | None = None
+        self._inverse: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.weight, x)
+
+    def log_abs_det(self) -> torch.Tensor:
+        return torch.linalg.slogdet(self.weight)[1]
+
+    def inverse_weight(self) -> torch.Tensor:
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._inverse is None or self._inverse_key != key:
+            # Inverting in float64 keeps the round trip exact to float32 precision.
+            with torch.no_grad():
+                self._inverse = torch.linalg.inv(weight.double()).to(weight.dtype)
+            self._inverse_key = key
+        return self._inverse
+
+    def reverse(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            # Training through the reverse pass (auxiliary losses) needs a differentiable inverse.
+            return torch.matmul(torch.linalg.inv(self.weight).to(x.dtype), x)
+        return torch.matmul(self.inverse_weight().to(x.dtype), x)
+
+
+def length_mask(lengths: torch.Tensor | None, size: int, like: torch.Tensor) -> torch.Tensor | None:
+    """`(B, 1, size)` mask of valid positions, or None when every item is full length."""
+    if lengths is None:
+        return None
+    positions = torch.arange(size, device=like.device)
+    return (positions[None, :] < lengths.to(like.device)[:, None]).to(like.dtype).unsqueeze(1)
+
+
+class WaveFlow(nn.Module):
+    """WaveGlow-style flow for both families; parameter names follow NVIDIA's WaveGlow."""
+
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.family == "waveglow":
+            self.upsample = nn.ConvTranspose1d(config.n_mels, config.n_mels, config.upsample_kernel,
+                                               stride=config.hop_length)
+            cond_channels = config.n_mels * config.n_group
+        else:
+            cond_channels = config.n_mels
+        self.convinv = nn.ModuleList()
+        self.WN = nn.ModuleList()
+        for step in range(config.n_flows):
+            channels = config.remaining_channels(step)
+            self.convinv.append(Invertible1x1Conv(channels))
+            self.WN.append(GatedConditioner(channels // 2, cond_channels, config))
+
+    # -- shapes ---------------------------------------------------------------------------
+    def squeeze(self, audio: torch.Tensor) -> torch.Tensor:
+        """`(B, L)` audio to `(B, n_group, L / n_group)`."""
+        batch, samples = audio.shape
+        n_group = self.config.n_group
+        if samples % n_group:
+            raise VocoderError(f"audio length {samples} is not a multiple of n_group {n_group}")
+        return audio.reshape(batch, samples // n_group, n_group).transpose(1, 2)
+
+    @staticmethod
+    def unsqueeze(x: torch.Tensor) -> torch.Tensor:
+        """`(B, n_group, G)` back to `(B, G * n_group)` audio."""
+        return x.transpose(1, 2).reshape(x.shape[0], -1)
+
+    def condition(self, mel: torch.Tensor, groups: int) -> torch.Tensor:
+        """Mel `(B, n_mels, T)` to conditioning `(B, C_cond, groups)` at group rate."""
+        c = self.config
+        if mel.shape[1] != c.n_mels:
+            raise MelError(f"mel has {mel.shape[1]} bands, model expects {c.n_mels}")
+        if mel.shape[2] * c.groups_per_frame < groups:
+            raise MelError(f"mel of {mel.shape[2]} frames is too short for {groups * c.n_group} samples")
+        if c.family == "efficient":
+            return mel.repeat_interleave(c.groups_per_frame, dim=2)[:, :, :groups]
+        upsampled = self.upsample(mel)[:, :, : groups * c.n_group]
+        batch = upsampled.shape[0]
+        # Channel order (band, position within group) matches NVIDIA's unfold.
+        return (upsampled.reshape(batch, c.n_mels, groups, c.n_group)
+                .permute(0, 1, 3, 2).reshape(batch, c.n_mels * c.n_group, groups))
+
+    def _early_slice(self, step: int) -> slice:
+        index = step // self.config.n_early_every - 1
+        size = self.config.n_early_size
+        return slice(index * size, (index + 1) * size)
+
+    def _is_early_step(self, step: int) -> bool:
+        return step > 0 and step % self.config.n_early_every == 0
+
+    # -- density ----------------------------------------------------------------------------
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio `(B, L)` and mel `(B, n_mels, T)` to latent `(B, n_group, G)` and log|det J| `(B,)`.
+
+        `lengths` (samples, multiples of n_group) marks valid audio in a padded batch.
+        """
+        c = self.config
+        x = self.squeeze(audio)
+        groups = x.shape[2]
+        group_lengths = None if lengths is None else torch.div(lengths, c.n_group, rounding_mode="floor")
+        mask = length_mask(group_lengths, groups, x)
+        valid = (torch.full((x.shape[0],), groups, device=x.device) if group_lengths is None
+                 else group_lengths.to(x.device)).to(x.dtype)
+        cond = self.condition(mel, groups)
+        if mask is not None:
+            x = x * mask
+        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        early: list[torch.Tensor] = []
+        for step in range(c.n_flows):
+            if self._is_early_step(step):
+                early.append(x[:, : c.n_early_size])
+                x = x[:, c.n_early_size:]
+            x = self.convinv[step](x)
+            log_det = log_det + valid * self.convinv[step].log_abs_det()
+            half = x.shape[1] // 2
+            x_a, x_b = x[:, :half], x[:, half:]
+            out = self.WN[step](x_a, cond, mask)
+            shift, log_scale = out[:, :half], out[:, half:]
+            if mask is not None:
+                log_scale = log_scale * mask
+                shift = shift * mask
+            x = torch.cat([x_a, torch.exp(log_scale) * x_b + shift], dim=1)
+            log_det = log_det + log_scale.sum(dim=(1, 2))
+        z = torch.cat(early + [x], dim=1)
+        return z, log_det
+
+    def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, sigma: float = 1.0,
+                       lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(audio | mel) per item `(B,)` in nats per audio sample, under N(0, sigma^2) latents."""
+        z, log_det = self.forward(audio, mel, lengths)
+        samples = (torch.full((audio.shape[0],), audio.shape[1], device=z.device) if lengths is None
+                   else lengths.to(z.device)).to(z.dtype)
+        prior = -0.5 * (z * z).sum(dim=(1, 2)) / sigma**2 - 0.5 * samples * math.log(2 * math.pi * sigma**2)
+        return (prior + log_det) / samples
+
+    # -- sampling ---------------------------------------------------------------------------
+    def latent_shape(self, batch: int, frames: int) -> tuple[int, int, int]:
+        return batch, self.config.n_group, frames * self.config.groups_per_frame
+
+    def infer(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
+              z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mel `(B, n_mels, T)` to audio `(B, T * hop)` by the inverse pass from `sigma * z`.
+
+        `lengths` (frames) marks valid mel frames; the audio beyond each length is silence.
+        `z` (standard normal, `(B, n_group, T * hop / n_group)`) is drawn when not given.
+        """
+        c = self.config
+        shape = self.latent_shape(mel.shape[0], mel.shape[2])
+        if z is None:
+            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(mel.device)
+        elif tuple(z.shape) != shape:
+            raise VocoderError(f"latent has shape {tuple(z.shape)}, expected {shape} for this mel")
+        z = z.to(device=mel.device, dtype=mel.dtype)
+        groups = shape[2]
+        group_lengths = None if lengths is None else lengths * c.groups_per_frame
+        mask = length_mask(group_lengths, groups, mel)
+        cond = self.condition(mel, groups)
+        n_early_total = c.n_group - c.remaining_channels(c.n_flows - 1)
+        x = sigma * z[:, n_early_total:]
+        for step in reversed(range(c.n_flows)):
+            half = x.shape[1] // 2
+            x_a, x_b = x[:, :half], x[:, half:]
+            out = self.WN[step](x_a, cond, mask)
+            shift, log_scale = out[:, :half], out[:, half:]
+            x = torch.cat([x_a, (x_b - shift) * torch.exp(-log_scale)], dim=1)
+            x = self.convinv[step].reverse(x)
+            if self._is_early_step(step):
+                x = torch.cat([sigma * z[:, self._early_slice(step)], x], dim=1)
+        if mask is not None:
+            x = x * mask
+        return self.unsqueeze(x)
+
+    # -- weight normalisation ---------------------------------------------------------------
+    def apply_weight_norm(self) -> None:
+        """Reparametrise conditioner convolutions for training (NVIDIA's setting)."""
+        for conditioner in self.WN:
+            for conv in conditioner.weight_normed_convs():
+                if not parametrize.is_parametrized(conv, "weight"):
+                    parametrizations.weight_norm(conv, name="weight")
+
+    def remove_weight_norm(self) -> None:
+        """Fold weight normalisation into plain weights (done at load for inference)."""
+        for conditioner in self.WN:
+            for conv in conditioner.weight_normed_convs():
+                if parametrize.is_parametrized(conv, "weight"):
+                    parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+
+    def plain_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict with any weight normalisation folded, without changing this module."""
+        state = {}
+        for name, module in self.named_modules():
+            for key, tensor in module.named_parameters(recurse=False):
+                state[f"{name}.{key}" if name else key] = tensor.detach()
+            if parametrize.is_parametrized(module, "weight"):
+                state[f"{name}.weight"] = module.weight.detach()
+        return {key: value.clone() for key, value in state.items() if ".parametrizations." not in f".{key}"
+                and not key.startswith("parametrizations.")}

@@ -1,0 +1,219 @@
+"""`Vocoder`: a flow plus its mel front-end, loaded from a checkpoint and ready to run.
+
+Inference handles batches of variable-length mels, long inputs in overlapping chunks
+with constant activation memory, an optional denoiser, and autocast on CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vocoder.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint
+from vocoder.config import FlowConfig
+from vocoder.denoiser import Denoiser
+from vocoder.errors import CheckpointError, MelError
+from vocoder.flow import WaveFlow
+from vocoder.mel import MelConfig, MelSpectrogram
+from vocoder.pretrained import default_checkpoint
+
+DEFAULT_CHUNK_FRAMES = 512
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None`/"auto" picks CUDA when present, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_audio_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Mono audio `(L,)` or a batch `(B, L)` as a float32 tensor `(B, L)`."""
+    tensor = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio, dtype=torch.float32)
+    return tensor.unsqueeze(0) if tensor.dim() == 1 else tensor
+
+
+class Vocoder(nn.Module):
+    """Mel-conditioned flow vocoder with its front-end and metadata."""
+
+    def __init__(self, flow: WaveFlow, mel_config: MelConfig | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        mel_config = mel_config or MelConfig(n_mels=flow.config.n_mels, hop_length=flow.config.hop_length)
+        if (mel_config.n_mels, mel_config.hop_length) != (flow.config.n_mels, flow.config.hop_length):
+            raise CheckpointError(
+                f"mel config ({mel_config.n_mels} mels, hop {mel_config.hop_length}) does not match the flow "
+                f"({flow.config.n_mels} mels, hop {flow.config.hop_length})")
+        self.flow = flow
+        self.mel = MelSpectrogram(mel_config)
+        self.metadata = dict(metadata or {})
+        self._denoiser: Denoiser | None = None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: FlowConfig, mel_config: MelConfig | None = None, seed: int | None = None) -> "Vocoder":
+        """A randomly initialised model (for training, tests and the no-checkpoint fallback)."""
+        if seed is not None:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                return cls(WaveFlow(config), mel_config)
+        return cls(WaveFlow(config), mel_config)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device | None = "cpu",
+                        where: str = "checkpoint") -> "Vocoder":
+        flow = WaveFlow(checkpoint.model)
+        check_state_dict(flow.state_dict(), checkpoint.state_dict, where)
+        flow.load_state_dict(checkpoint.state_dict)
+        model = cls(flow, checkpoint.mel, checkpoint.metadata)
+        return model.to(resolve_device(device)).eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device | None = "cpu") -> "Vocoder":
+        """Load a checkpoint directory; with no path, the bundled default model."""
+        if path is None:
+            path = default_checkpoint()
+            if path is None:
+                raise CheckpointError("no checkpoint given and no bundled default checkpoint is installed")
+        return cls.from_checkpoint(load_checkpoint(path), device, where=str(path))
+
+    @classmethod
+    def load_or_random(cls, path: str | Path | None, device: str | torch.device | None = "cpu") -> "Vocoder":
+        """Like `from_pretrained`, but fall back to a random-init model, loudly, when nothing is bundled."""
+        if path is None and default_checkpoint() is None:
+            warnings.warn("NO TRAINED CHECKPOINT: using a RANDOMLY INITIALISED vocoder; its output is noise",
+                          stacklevel=2)
+            model = cls.from_config(FlowConfig(), seed=0)
+            model.metadata["random_init"] = True
+            return model.to(resolve_device(device)).eval()
+        return cls.from_pretrained(path, device)
+
+    def to_checkpoint(self, metadata: dict[str, Any] | None = None) -> Checkpoint:
+        return Checkpoint(model=self.flow.config, mel=self.mel.config, state_dict=self.flow.plain_state_dict(),
+                          metadata={**self.metadata, **(metadata or {})})
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32,
+                        metadata: dict[str, Any] | None = None) -> Path:
+        return save_checkpoint(path, self.to_checkpoint(metadata), dtype=dtype)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.mel.config.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.mel.filterbank.device
+
+    # -- features ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def mel_spectrogram(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Audio `(L,)` or `(B, L)` to log-mel `(B, n_mels, L // hop + 1)` with the model's front-end."""
+        return self.mel(as_audio_tensor(audio).to(self.device))
+
+    def check_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """Validate a mel `(n_mels, T)` or `(B, n_mels, T)` and return it batched on the model's device."""
+        if mel.dim() == 2:
+            mel = mel.unsqueeze(0)
+        if mel.dim() != 3:
+            raise MelError(f"mel must have shape (n_mels, T) or (B, n_mels, T), got {tuple(mel.shape)}")
+        if mel.shape[1] != self.mel.config.n_mels:
+            raise MelError(f"mel has {mel.shape[1]} bands, model expects {self.mel.config.n_mels}")
+        if mel.shape[2] < 1:
+            raise MelError("mel has no frames")
+        if not torch.isfinite(mel).all():
+            raise MelError("mel contains NaN or infinite values")
+        return mel.to(self.device, torch.float32)
+
+    def sample_latent(self, frames: int, batch: int = 1, seed: int | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard-normal latent `(B, n_group, frames * hop / n_group)`, drawn on the CPU so a seed
+        gives the same audio on every device."""
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        return torch.randn(self.flow.latent_shape(batch, frames), generator=generator)
+
+    # -- inference --------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def denoiser(self) -> Denoiser:
+        if self._denoiser is None:
+            silent = torch.full((1, self.mel.config.n_mels, 88), self.mel.config.silence_value, device=self.device)
+            with torch.inference_mode():
+                bias = self.flow.infer(silent, sigma=0.0)
+            self._denoiser = Denoiser(bias, self.mel.config.n_fft, self.hop_length)
+        return self._denoiser
+
+    @torch.inference_mode()
+    def stream(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
+               z: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               chunk_frames: int | None = DEFAULT_CHUNK_FRAMES, denoise: float = 0.0,
+               progress: bool = False) -> Iterator[torch.Tensor]:
+        """Yield audio `(B, chunk_samples)` pieces of `infer`'s result, in order.
+
+        Each chunk runs with `receptive_field_frames` of mel context on both sides, so the
+        concatenation equals the unchunked output for the same `z`.
+        """
+        mel = self.check_mel(mel)
+        batch, _, frames = mel.shape
+        if z is None:
+            z = self.sample_latent(frames, batch, generator=generator)
+        z = z.to(self.device)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=self.device)
+        chunk = frames if not chunk_frames or chunk_frames >= frames else chunk_frames
+        context = self.flow.config.receptive_field_frames()
+        groups, hop = self.flow.config.groups_per_frame, self.hop_length
+        starts = range(0, frames, chunk)
+        denoiser = self.denoiser() if denoise > 0 else None
+        for start in tqdm(starts, desc="vocoding", unit="chunk", disable=not progress or len(starts) == 1):
+            end = min(start + chunk, frames)
+            left, right = max(0, start - context), min(frames, end + context)
+            part_lengths = None if lengths is None else (lengths - left).clamp(0, right - left)
+            with self._autocast():
+                audio = self.flow.infer(mel[:, :, left:right], sigma, part_lengths,
+                                        z[:, :, left * groups:right * groups])
+            audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
+            if denoiser is not None:
+                audio = denoiser(audio, denoise)
+            yield audio
+
+    def infer(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
+              z: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              chunk_frames: int | None = DEFAULT_CHUNK_FRAMES, denoise: float = 0.0,
+              progress: bool = False) -> torch.Tensor:
+        """Mel `(B, n_mels, T)` (or `(n_mels, T)`) to audio `(B, T * hop)` in [-1, 1]-ish float32.
+
+        `lengths` (frames) marks valid frames of a padded batch; audio past them is silence.
+        """
+        pieces = list(self.stream(mel, sigma, lengths, z, generator, chunk_frames, 0.0, progress))
+        audio = torch.cat(pieces, dim=1)
+        if denoise > 0:
+            # Denoising the whole signal avoids STFT seams at chunk borders.
+            audio = self.denoiser()(audio, denoise)
+            if lengths is not None:
+                audio = audio * (torch.arange(audio.shape[1], device=audio.device)[None]
+                                 < (torch.as_tensor(lengths, device=audio.device)[:, None] * self.hop_length))
+        return audio
+
+    def resynthesize(self, audio: np.ndarray | torch.Tensor, sigma: float = 0.6, seed: int | None = None,
+                     denoise: float = 0.0, progress: bool = False) -> np.ndarray:
+        """Copy-synthesis of mono audio `(L,)`: audio -> mel -> audio, trimmed to `L` samples."""
+        audio = as_audio_tensor(audio)
+        mel = self.mel_spectrogram(audio)
+        z = self.sample_latent(mel.shape[2], mel.shape[0], seed=seed)
+        out = self.infer(mel, sigma=sigma, z=z, denoise=denoise, progress=progress)
+        return out[0, : audio.shape[1]].cpu().numpy()
