@@ -51,6 +51,7 @@ def test_mel_synth_resynth_info(tmp_path, checkpoint, capsys):
     (["synth", "/nonexistent.npy", "-o", "x.wav"], "not a readable .npy mel"),
     (["info", "/nonexistent"], "not a checkpoint directory"),
     (["resynth", "IN", "-o", "x.wav", "--sigma", "3"], "--sigma must be within 0-1.5"),
+    (["resynth", str(speech_clip()), "-o", "x.wav", "--device", "gpu7"], "unknown device 'gpu7'"),
 ])
 def test_user_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -77,3 +78,11 @@ def test_core_never_imports_server_or_training():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_export_fp16_checkpoint_loads(tmp_path, checkpoint):
+    assert main(["export", str(checkpoint), str(tmp_path / "small"), "--fp16"]) == 0
+    original = Vocoder.from_pretrained(checkpoint)
+    exported = Vocoder.from_pretrained(tmp_path / "small")
+    for key, value in original.flow.state_dict().items():
+        assert (exported.flow.state_dict()[key] - value).abs().max() <= 1e-3 * (1 + value.abs().max())

@@ -87,3 +87,18 @@ def test_resynthesize_trims_to_input_length():
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, 1000).astype(np.float32)
     out = model.resynthesize(audio, seed=1)
     assert out.shape == audio.shape and np.isfinite(out).all()
+
+
+def test_stream_with_denoiser_handles_a_runt_last_chunk():
+    model = tiny_vocoder("efficient")
+    mel = torch.randn(1, 6, 17)
+    pieces = list(model.stream(mel, chunk_frames=16, denoise=0.5, z=model.sample_latent(17, seed=0)))
+    assert sum(piece.shape[1] for piece in pieces) == 17 * model.hop_length
+
+
+def test_sigma_only_scales_the_latent():
+    """The service batches requests of different sigma by folding sigma into z."""
+    model = tiny_vocoder("waveglow")
+    mel = torch.randn(1, 6, 12)
+    z = model.sample_latent(12, seed=2)
+    assert torch.allclose(model.infer(mel, sigma=0.4, z=z), model.infer(mel, sigma=1.0, z=0.4 * z), atol=1e-6)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,7 +33,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _resolve(path: str | Path) -> Path:
+def resolve_checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file() and path.name in (WEIGHTS_FILE, CONFIG_FILE):
         path = path.parent
@@ -44,24 +45,36 @@ def _resolve(path: str | Path) -> Path:
     return path
 
 
-def read_config(path: str | Path) -> tuple[FlowConfig, MelConfig, dict[str, Any]]:
-    """Read and validate a checkpoint's `config.json` without loading weights."""
-    path = _resolve(path)
+def read_config_json(path: str | Path, what: str, version: int) -> tuple[Path, dict[str, Any]]:
+    """Resolve a checkpoint directory and parse its `config.json`, checking the format version."""
+    path = resolve_checkpoint_dir(path)
     try:
         raw = json.loads((path / CONFIG_FILE).read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({error})") from None
-    version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if raw.get("format_version") != version:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r}, this code reads version {FORMAT_VERSION}")
+            f"{path}: {what} format version {raw.get('format_version')!r}, this code reads version {version}")
+    return path, raw
+
+
+@contextmanager
+def config_sections(path: Path) -> Iterator[None]:
+    """Turn a missing or invalid config section into a `CheckpointError` naming the file."""
     try:
-        model = FlowConfig.from_dict(raw["model"])
-        mel = MelConfig.from_dict(raw["mel"])
+        yield
     except KeyError as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: missing section {error}") from None
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: {error}") from None
+
+
+def read_config(path: str | Path) -> tuple[FlowConfig, MelConfig, dict[str, Any]]:
+    """Read and validate a checkpoint's `config.json` without loading weights."""
+    path, raw = read_config_json(path, "checkpoint", FORMAT_VERSION)
+    with config_sections(path):
+        model = FlowConfig.from_dict(raw["model"])
+        mel = MelConfig.from_dict(raw["mel"])
     if model.n_mels != mel.n_mels or model.hop_length != mel.hop_length:
         raise CheckpointError(
             f"{path}: model expects {model.n_mels} mels / hop {model.hop_length}, "
@@ -72,16 +85,18 @@ def read_config(path: str | Path) -> tuple[FlowConfig, MelConfig, dict[str, Any]
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint directory; weights come back as float32 on the CPU."""
     model, mel, metadata = read_config(path)
-    path = _resolve(path)
+    path = resolve_checkpoint_dir(path)
     state = {key: value.float() for key, value in load_file(str(path / WEIGHTS_FILE)).items()}
     return Checkpoint(model=model, mel=mel, state_dict=state, metadata=metadata)
 
 
-def _atomic_write(target: Path, write: Any) -> None:
+def atomic_write(target: Path, write: Any) -> None:
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(handle)
     try:
         write(temporary)
+        # mkstemp creates 0600 files; checkpoints are meant to be shared and shipped.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
@@ -99,8 +114,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint, dtype: torch.dtype
         "mel": checkpoint.mel.to_dict(),
         "metadata": checkpoint.metadata,
     }
-    _atomic_write(path / WEIGHTS_FILE, lambda name: save_file(tensors, name))
-    _atomic_write(path / CONFIG_FILE, lambda name: Path(name).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(path / WEIGHTS_FILE, lambda name: save_file(tensors, name))
+    atomic_write(path / CONFIG_FILE, lambda name: Path(name).write_text(json.dumps(config, indent=2) + "\n"))
     return path
 
 

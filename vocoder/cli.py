@@ -85,6 +85,31 @@ def cmd_resynth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edit(args: argparse.Namespace) -> int:
+    from vocoder import editing
+    from vocoder.audio import load_audio, write_wav
+    from vocoder.mel_edit import check_pitch, check_speed
+
+    _check_sigma(args)
+    check_pitch(args.pitch)
+    check_speed(args.speed)
+    model = _load_model(args)
+    if Path(args.input).suffix.lower() == ".npy":
+        try:
+            mel = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise VocoderError(f"{args.input}: not a readable .npy mel ({error})") from None
+        latent = editing.from_mel(model, np.asarray(mel, dtype=np.float32), sigma=args.sigma, seed=args.seed)
+    else:
+        latent = editing.encode(model, load_audio(args.input, model.sample_rate))
+        if args.redraw:
+            latent = editing.redraw(latent, sigma=args.sigma, seed=args.seed)
+    audio = editing.edit_and_decode(model, latent, args.pitch, args.speed, args.denoise)
+    write_wav(args.output, audio, model.sample_rate)
+    print(f"wrote {args.output} ({audio.shape[0] / model.sample_rate:.2f} s)")
+    return 0
+
+
 def cmd_mel(args: argparse.Namespace) -> int:
     import torch
 
@@ -134,6 +159,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from vocoder.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(args.input)
+    path = save_checkpoint(args.output, checkpoint, dtype=torch.float16 if args.fp16 else torch.float32)
+    size = (path / "model.safetensors").stat().st_size / 1e6
+    print(f"wrote {path} ({size:.1f} MB of weights)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vocoder", description="Flow-based neural vocoder")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -152,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(resynth)
     resynth.set_defaults(run=cmd_resynth)
 
+    edit = commands.add_parser("edit", help="change pitch and speed of audio or a .npy mel through the latent")
+    edit.add_argument("input", help="audio file (exactly encoded) or log-mel .npy (noise drawn at --sigma)")
+    edit.add_argument("-o", "--output", required=True, help="output .wav")
+    edit.add_argument("--pitch", type=float, default=0.0, help="semitones, -12 to +12 (default 0)")
+    edit.add_argument("--speed", type=float, default=1.0, help="tempo factor, 0.25 to 4 (default 1)")
+    edit.add_argument("--redraw", action="store_true",
+                      help="audio input: replace its exact latent by fresh noise at --sigma")
+    _add_model_options(edit)
+    _add_sampling_options(edit)
+    edit.set_defaults(run=cmd_edit)
+
     mel = commands.add_parser("mel", help="audio to log-mel .npy")
     mel.add_argument("input", help="audio file (wav, flac, ogg; any rate)")
     mel.add_argument("-o", "--output", required=True, help="output .npy, shape (n_mels, T)")
@@ -168,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     nvidia.add_argument("input", help="NVIDIA checkpoint (.pt, pickled {'model': WaveGlow})")
     nvidia.add_argument("output", help="output checkpoint directory")
     nvidia.set_defaults(run=cmd_convert)
+
+    export = commands.add_parser("export", help="copy a checkpoint's inference files (no training state)")
+    export.add_argument("input", help="checkpoint directory, e.g. a training checkpoint")
+    export.add_argument("output", help="output checkpoint directory")
+    export.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    export.set_defaults(run=cmd_export)
 
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vocoder.config import FlowConfig
 
@@ -29,6 +30,14 @@ class DepthwiseSeparableConv(nn.Module):
 
 def gated_activation(x: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.tanh(x[:, :channels]) * torch.sigmoid(x[:, channels:])
+
+
+def _gated_activation_(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """`gated_activation` that overwrites `x`. tanh(a) = 1 - 2 sigmoid(-2a) makes it one sigmoid
+    pass over both halves: torch's CPU tanh is several times slower than its sigmoid."""
+    x[:, :channels].mul_(-2)
+    gate = x.sigmoid_()[:, channels:]
+    return torch.addcmul(gate, x[:, :channels], gate, value=-2)
 
 
 class GatedConditioner(nn.Module):
@@ -65,6 +74,8 @@ class GatedConditioner(nn.Module):
         nn.init.zeros_(self.end.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_inference(x, cond, mask)
         c = self.n_channels
         hidden = self.start(x)
         if mask is not None:
@@ -81,6 +92,61 @@ class GatedConditioner(nn.Module):
                 res_skip = res_skip[:, c:]
             skip = res_skip if skip is None else skip + res_skip
         return self.end(skip)
+
+    def _forward_inference(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`forward` without autograd, rearranged for speed; equal to it up to float rounding.
+
+        Each layer projects only its own slice of the conditioning (which stays in cache) and
+        updates in place. `end` is linear, so where it narrows (2 n_half < n_channels, NVIDIA's
+        layout) it folds into every layer's skip projection, and the skip sum disappears.
+        """
+        c, last = self.n_channels, self.n_layers - 1
+        cond_weight, cond_bias = self.cond_layer.weight, self.cond_layer.bias
+        fold_end = self.end.out_channels < c
+        end_weight, out_bias = self.end.weight.squeeze(2), self.end.bias
+        hidden = self.start(x)
+        if mask is not None:
+            hidden.mul_(mask)
+        out = None
+        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+            part = slice(2 * c * i, 2 * c * (i + 1))
+            if i == 0 and isinstance(in_layer, nn.Conv1d):
+                acts = self._first_layer_through_start(x, mask)
+            else:
+                acts = in_layer(hidden)
+            acts = _gated_activation_(acts.add_(F.conv1d(cond, cond_weight[part], cond_bias[part])), c)
+            residual = None
+            if fold_end:
+                weight, bias = res_skip_layer.weight.squeeze(2), res_skip_layer.bias
+                skip = slice(c, 2 * c) if i < last else slice(0, c)
+                folded = end_weight @ weight[skip]
+                out_bias = out_bias + end_weight @ bias[skip]
+                out = torch.matmul(folded, acts) if out is None else out.baddbmm_(folded.expand(len(acts), -1, -1), acts)
+                if i < last:
+                    residual = F.conv1d(acts, weight[:c].unsqueeze(2), bias[:c])
+            else:
+                res_skip = res_skip_layer(acts)
+                if i < last:
+                    residual, res_skip = res_skip[:, :c], res_skip[:, c:]
+                out = res_skip if out is None else out.add_(res_skip)
+            if residual is not None:
+                hidden.add_(residual)
+                if mask is not None:
+                    hidden.mul_(mask)
+        return out.add_(out_bias.unsqueeze(1)) if fold_end else self.end(out)
+
+    def _first_layer_through_start(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Layer 0's convolution of `start(x)` (masked), folded through the 1x1 `start`.
+
+        Its input is then x and the validity of each position (which carries start's bias, and
+        is zero in the padding like masked hidden states): n_half + 1 channels, not n_channels.
+        """
+        layer = self.in_layers[0]
+        valid = torch.ones_like(x[:, :1]) if mask is None else mask
+        inputs = torch.cat([x if mask is None else x * mask, valid], dim=1)
+        weight = torch.cat([torch.einsum("ocj,ci->oij", layer.weight, self.start.weight.squeeze(2)),
+                            torch.einsum("ocj,c->oj", layer.weight, self.start.bias).unsqueeze(1)], dim=1)
+        return F.conv1d(inputs, weight, layer.bias, padding=layer.padding, dilation=layer.dilation)
 
     def weight_normed_convs(self) -> list[nn.Conv1d]:
         """The convolutions that train under weight normalisation (all but `end`)."""

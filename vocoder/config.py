@@ -5,15 +5,17 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from vocoder.serialization import DictConfig
 
 Family = Literal["waveglow", "efficient"]
 FAMILIES = ("waveglow", "efficient")
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(DictConfig):
     """Shape of a WaveGlow-style flow.
 
     Audio is squeezed into `n_group` channels; the flow has `n_flows` steps, and every
@@ -21,6 +23,8 @@ class FlowConfig:
     conditioner of `n_layers` gated layers with `n_channels` channels; dilation doubles per
     layer and restarts every `dilation_cycle` layers (0: never restarts).
     """
+
+    config_label = "flow"
 
     family: Family = "efficient"
     n_mels: int = 80
@@ -78,16 +82,6 @@ class FlowConfig:
             frames += -(-(self.upsample_kernel - self.hop_length) // self.hop_length)
         return frames
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FlowConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown flow config keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
 
     def updated(self, **changes: Any) -> "FlowConfig":
         return replace(self, **changes)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from vocoder.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint
 from vocoder.config import FlowConfig
 from vocoder.denoiser import Denoiser
-from vocoder.errors import CheckpointError, MelError
+from vocoder.errors import CheckpointError, MelError, VocoderError
 from vocoder.flow import WaveFlow
 from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.pretrained import default_checkpoint
@@ -30,7 +30,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """`None`/"auto" picks CUDA when present, else the CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise VocoderError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise VocoderError(f"device {device!r} asked for, but this torch build or machine has no usable CUDA GPU")
+    return resolved
 
 
 def as_audio_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -157,6 +163,16 @@ class Vocoder(nn.Module):
             self._denoiser = Denoiser(bias, self.mel.config.n_fft, self.hop_length)
         return self._denoiser
 
+    def _chunk_bounds(self, frames: int, chunk_frames: int | None) -> list[tuple[int, int]]:
+        """`[start, end)` frame ranges of at most `chunk_frames`; a runt tail too short to
+        STFT (the denoiser needs n_fft / 2 samples) joins the chunk before it."""
+        chunk = frames if not chunk_frames or chunk_frames >= frames else chunk_frames
+        bounds = [(start, min(start + chunk, frames)) for start in range(0, frames, chunk)]
+        min_frames = self.mel.config.min_samples // self.hop_length + 1
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_frames:
+            bounds[-2:] = [(bounds[-2][0], frames)]
+        return bounds
+
     @torch.inference_mode()
     def stream(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
                z: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -174,13 +190,11 @@ class Vocoder(nn.Module):
         z = z.to(self.device)
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=self.device)
-        chunk = frames if not chunk_frames or chunk_frames >= frames else chunk_frames
         context = self.flow.config.receptive_field_frames()
         groups, hop = self.flow.config.groups_per_frame, self.hop_length
-        starts = range(0, frames, chunk)
+        bounds = self._chunk_bounds(frames, chunk_frames)
         denoiser = self.denoiser() if denoise > 0 else None
-        for start in tqdm(starts, desc="vocoding", unit="chunk", disable=not progress or len(starts) == 1):
-            end = min(start + chunk, frames)
+        for start, end in tqdm(bounds, desc="vocoding", unit="chunk", disable=not progress or len(bounds) == 1):
             left, right = max(0, start - context), min(frames, end + context)
             part_lengths = None if lengths is None else (lengths - left).clamp(0, right - left)
             with self._autocast():

@@ -5,17 +5,20 @@ anywhere in the project is interchangeable with one made anywhere else.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import librosa
 import torch
 from torch import nn
 
+from vocoder.serialization import DictConfig
+
 
 @dataclass(frozen=True)
-class MelConfig:
+class MelConfig(DictConfig):
     """Parameters of the log-mel front-end (Tacotron 2 / WaveGlow defaults)."""
+
+    config_label = "mel"
 
     sample_rate: int = 22050
     n_fft: int = 1024
@@ -42,16 +45,6 @@ class MelConfig:
         """Shortest audio the centred STFT can frame (reflect padding needs n_fft/2 + 1)."""
         return self.n_fft // 2 + 1
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown mel config keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for `num_samples` of audio (centred framing)."""

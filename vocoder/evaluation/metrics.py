@@ -29,6 +29,8 @@ F0_MIN_HZ = 65.0
 F0_MAX_HZ = 400.0
 F0_FRAME_SECONDS = 0.064
 F0_HOP_SECONDS = 0.010
+EDITED_F0_RANGE_HZ = (50.0, 800.0)
+"""pYIN search range for pitch-edited speech: wide enough for speaking pitch shifted by +12 st."""
 
 _MAGNITUDE_FLOOR = 1e-7
 
@@ -129,13 +131,16 @@ def log_mel_l1(reference: np.ndarray, degraded: np.ndarray, mel: MelSpectrogram)
     return float((ref_mel - deg_mel).abs().mean())
 
 
-def _pyin(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+def f0_track(audio: np.ndarray, sample_rate: int,
+             f0_range: tuple[float, float] = (F0_MIN_HZ, F0_MAX_HZ)) -> np.ndarray:
+    """pYIN F0 in Hz of mono `audio (L,)`, one value per 10 ms hop over 64 ms frames; NaN where
+    unvoiced. `f0_range` (Hz) bounds the search; widen it (`EDITED_F0_RANGE_HZ`) for edited pitch."""
     f0, voiced, _ = librosa.pyin(
-        audio, fmin=F0_MIN_HZ, fmax=F0_MAX_HZ, sr=sample_rate,
+        audio, fmin=f0_range[0], fmax=f0_range[1], sr=sample_rate,
         frame_length=round(F0_FRAME_SECONDS * sample_rate),
         hop_length=round(F0_HOP_SECONDS * sample_rate),
     )
-    return f0, voiced
+    return np.where(voiced, f0, np.nan)
 
 
 def f0_metrics(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> dict[str, float]:
@@ -149,8 +154,8 @@ def f0_metrics(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) ->
     - `voiced_frames`: how many frames the RMSE was taken over.
     """
     reference, degraded = trim_to_shortest(reference, degraded)
-    ref_f0, ref_voiced = _pyin(reference, sample_rate)
-    deg_f0, deg_voiced = _pyin(degraded, sample_rate)
+    ref_f0, deg_f0 = f0_track(reference, sample_rate), f0_track(degraded, sample_rate)
+    ref_voiced, deg_voiced = np.isfinite(ref_f0), np.isfinite(deg_f0)
     both = ref_voiced & deg_voiced
     if both.any():
         cents = 1200.0 * np.log2(deg_f0[both] / ref_f0[both])

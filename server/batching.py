@@ -1,0 +1,194 @@
+"""The inference worker, one per device: requests wait in a bounded asyncio queue, the worker
+gathers up to `max_batch` of them for at most `max_wait_ms`, pads them into one batch and runs it
+on its own thread, so the event loop stays responsive and only one batch uses the device at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar
+
+import numpy as np
+import torch
+
+from server.errors import APIError
+from server.metrics import ServiceMetrics
+from vocoder.inference import Vocoder
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One request's audio and what it cost."""
+
+    audio: np.ndarray
+    inference_time: float
+    batch_size: int
+
+
+async def never_disconnects() -> bool:
+    return False
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's work: a checked mel `(n_mels, T)` and its own sampling parameters."""
+
+    mel: np.ndarray
+    sigma: float
+    denoise: float = 0.0
+    seed: int | None = None
+    is_disconnected: Callable[[], Awaitable[bool]] = never_disconnects
+    future: asyncio.Future[Result] = field(init=False)
+
+    @property
+    def frames(self) -> int:
+        return self.mel.shape[1]
+
+
+def queue_full() -> APIError:
+    return APIError(503, "the server is busy (request queue full); retry shortly", code="queue_full",
+                    headers={"Retry-After": "1"})
+
+
+class BatchWorker:
+    """Owns the device: batches queued jobs, and runs any other device work (streaming chunks)
+    on the same single thread so nothing else touches the model concurrently."""
+
+    def __init__(self, model: Vocoder, metrics: ServiceMetrics, max_batch: int = 8,
+                 max_wait_ms: float = 5.0, queue_size: int = 64) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder-device")
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="vocoder-batch-worker")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(APIError(503, "the server is shutting down", code="shutting_down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- submitting work ----------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def submit(self, job: Job) -> asyncio.Future[Result]:
+        """Queue `job`; its future resolves to its `Result`. A full queue is a 503 right away."""
+        job.future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise queue_full() from None
+        self._arrived.set()
+        self.metrics.queue_depth.set(self._queue.qsize())
+        return job.future
+
+    async def run_on_device(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function(*args)` on the device thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    # -- the worker loop ----------------------------------------------------------------------
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._gather()
+            try:
+                jobs = await self._still_wanted(batch)
+                if jobs:
+                    await self._execute(jobs)
+            except Exception as error:  # the worker must outlive any one bad batch
+                logger.exception("inference batch failed")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+
+    async def _gather(self) -> list[Job]:
+        """The next batch: the oldest job plus whatever arrives within `max_wait`, up to `max_batch`."""
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        self.metrics.queue_depth.set(self._queue.qsize())
+        return batch
+
+    async def _still_wanted(self, batch: list[Job]) -> list[Job]:
+        """Drop jobs whose caller gave up (timed out) or whose client disconnected while queued."""
+        wanted = []
+        for job in batch:
+            if job.future.done():
+                self.metrics.dropped.labels("cancelled").inc()
+            elif await job.is_disconnected():
+                job.future.set_exception(APIError(499, "the client closed the request", code="client_disconnected"))
+                self.metrics.dropped.labels("disconnected").inc()
+            else:
+                wanted.append(job)
+        return wanted
+
+    async def _execute(self, jobs: list[Job]) -> None:
+        started = time.perf_counter()
+        audios = await self.run_on_device(self._infer, jobs)
+        elapsed = time.perf_counter() - started
+        seconds = sum(audio.shape[0] for audio in audios) / self.model.sample_rate
+        self.metrics.batch_size.observe(len(jobs))
+        self.metrics.audio_seconds.inc(seconds)
+        self.metrics.real_time_factor.observe(elapsed / seconds)
+        for job, audio in zip(jobs, audios):
+            if not job.future.done():  # its caller may have timed out meanwhile
+                job.future.set_result(Result(audio, elapsed, len(jobs)))
+
+    @torch.inference_mode()
+    def _infer(self, jobs: list[Job]) -> list[np.ndarray]:
+        """One padded batch through the flow; each item comes out as if it had run alone."""
+        model = self.model
+        frames = [job.frames for job in jobs]
+        longest = max(frames)
+        per_frame = model.flow.config.groups_per_frame
+        mel = torch.full((len(jobs), model.mel.config.n_mels, longest), model.mel.config.silence_value)
+        z = torch.zeros(model.flow.latent_shape(len(jobs), longest))
+        for row, job in enumerate(jobs):
+            mel[row, :, :job.frames] = torch.from_numpy(job.mel)
+            # The flow only ever uses sigma * z, so folding each item's sigma into its own z lets
+            # requests with different sigmas share a batch.
+            z[row, :, :job.frames * per_frame] = job.sigma * model.sample_latent(job.frames, seed=job.seed)[0]
+        lengths = torch.tensor(frames) if min(frames) < longest else None
+        audio = model.infer(mel, sigma=1.0, lengths=lengths, z=z)
+        outputs = []
+        for row, job in enumerate(jobs):
+            item = audio[row:row + 1, :job.frames * model.hop_length]
+            if job.denoise > 0:
+                # Per item, on the unpadded audio: exactly what the request would get alone.
+                item = model.denoiser()(item, job.denoise)
+            outputs.append(item[0].float().cpu().numpy())
+        return outputs

@@ -1,0 +1,157 @@
+"""Every error leaves the service as OpenAI-style JSON, {"error": {"message", "type", "param", "code"}}:
+the `APIError` exception, the handlers that render it (and FastAPI's own errors) in that shape,
+and the request-body size guard that turns oversized bodies into 413s.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vocoder.errors import VocoderError
+
+logger = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    404: "not_found_error",
+    405: "invalid_request_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+def error_type(status: int) -> str:
+    return ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
+class APIError(HTTPException):
+    """An error with a status and a message for the client.
+
+    A subclass of Starlette's HTTPException so that FastAPI's body parsing passes it through
+    unchanged instead of replacing it with a generic 400.
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error_body(error.status_code, error.message, error.code, error.param),
+                        status_code=error.status_code, headers=error.headers)
+
+
+def _param_name(location: tuple[Any, ...]) -> str | None:
+    # ("query", "sigma") -> "sigma"; ("body", "mel", 3) -> "mel.3"
+    parts = [str(part) for part in location if part not in ("query", "body", "header", "path")]
+    return ".".join(parts) or None
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One readable line (and the parameter it concerns) for pydantic's error list."""
+    first = errors[0]
+    param = _param_name(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message, param
+
+
+async def _handle_http_error(request: Request, error: HTTPException) -> JSONResponse:
+    if isinstance(error, APIError):
+        return error_response(error)
+    return error_response(APIError(error.status_code, str(error.detail), headers=error.headers))
+
+
+async def _handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    message, param = validation_message(list(error.errors()))
+    return error_response(APIError(422, message, code="invalid_parameter", param=param))
+
+
+async def _handle_vocoder_error(request: Request, error: VocoderError) -> JSONResponse:
+    return error_response(APIError(422, str(error), code="invalid_input"))
+
+
+async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
+    # The traceback goes to the log only; the client learns nothing about the internals.
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_response(APIError(500, "internal server error", code="internal_error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render HTTP, validation, library and unexpected errors in the one JSON error shape."""
+    app.add_exception_handler(HTTPException, _handle_http_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(VocoderError, _handle_vocoder_error)
+    app.add_exception_handler(Exception, _handle_unexpected)
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `max_bytes`: at once by Content-Length, and while reading for chunked
+    bodies or lying Content-Length headers."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await error_response(body_too_large(self.max_bytes))(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise body_too_large(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except APIError as error:
+            # Raised from `receive` outside any route's exception handling (e.g. by a middleware).
+            if started or error.status_code != 413:
+                raise
+            await error_response(error)(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

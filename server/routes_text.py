@@ -1,0 +1,103 @@
+"""Text to speech: POST /v1/tts with this service's parameters and POST /v1/audio/speech with
+OpenAI's. The text front-end makes the mel in a worker thread; from there the mel takes the same
+path as a /v1/vocode request (pitch edit, batch worker, encoding).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from server.bodies import json_body
+from server.errors import APIError
+from server.formats import SAMPLE_RATE_RANGE
+from server.schemas import (DEFAULT_NOISE_SCALE, DEFAULT_SIGMA, DENOISE_RANGE, MAX_SEED, NOISE_SCALE_RANGE, PITCH_HELP,
+                            PITCH_RANGE, SAMPLE_RATE_HELP, SEED_HELP, SIGMA_RANGE, SPEED_RANGE, VocodeOptions)
+from server.service import Service, ServiceDep
+from vocoder.text.espeak import EspeakError
+from vocoder.text.symbols import TextError, check_text
+
+# OpenAI sends pcm at 24 kHz; clients that play it raw assume that rate.
+OPENAI_PCM_RATE = 24000
+TTS_EXAMPLE = {"text": "Dr. Smith paid $3.50 at 5 pm.", "seed": 1234, "format": "wav"}
+SPEECH_EXAMPLE = {"model": "tts-1", "input": "Hello world.", "voice": "alloy", "response_format": "wav"}
+TEXT_SPEED_HELP = "speaking rate: every duration is divided by it (length_scale = 1 / speed), pitch kept"
+
+
+class TTSRequest(BaseModel):
+    """JSON body of POST /v1/tts."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [TTS_EXAMPLE]})
+
+    text: str = Field(description="English text; numbers, currency and abbreviations are spelled out")
+    noise_scale: float = Field(DEFAULT_NOISE_SCALE, ge=NOISE_SCALE_RANGE[0], le=NOISE_SCALE_RANGE[1],
+                               description="temperature of the text-to-mel sample")
+    sigma: float = Field(DEFAULT_SIGMA, ge=SIGMA_RANGE[0], le=SIGMA_RANGE[1], description="vocoder latent temperature")
+    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description=TEXT_SPEED_HELP)
+    pitch: float = Field(0.0, ge=PITCH_RANGE[0], le=PITCH_RANGE[1], description=PITCH_HELP)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=SEED_HELP)
+    denoise: float = Field(0.0, ge=DENOISE_RANGE[0], le=DENOISE_RANGE[1], description="denoiser strength")
+    format: str = Field("wav", description="output format; GET /v1/models lists those available")
+    sample_rate: int | None = Field(None, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1],
+                                    description=SAMPLE_RATE_HELP)
+
+
+class SpeechRequest(BaseModel):
+    """JSON body of POST /v1/audio/speech: OpenAI's fields, plus `sample_rate` and `seed`.
+    Every model and voice name is served by the one loaded text front-end and its one voice."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEECH_EXAMPLE]})
+
+    model: str = Field(description="any name (tts-1, tts-1-hd, gpt-4o-mini-tts, ...): the loaded model serves all")
+    input: str = Field(description="the text; at most max_text_chars (default 4096) characters")
+    voice: str | dict[str, str] = Field(
+        "alloy", description="any OpenAI voice name (alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, "
+                             "shimmer, verse, marin, cedar, or another) or {\"id\": ...}: all are the one voice")
+    instructions: str | None = Field(None, description="accepted and ignored: the voice cannot be steered")
+    response_format: str = Field("mp3", description="wav, flac, pcm, opus or mp3 (aac is not offered)")
+    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description=TEXT_SPEED_HELP)
+    stream_format: Literal["audio"] | None = Field(None, description='"audio" only; the file is sent whole')
+    sample_rate: int | None = Field(None, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1],
+                                    description=f"{SAMPLE_RATE_HELP}; pcm defaults to {OPENAI_PCM_RATE} as at OpenAI")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=SEED_HELP)
+
+    def as_tts(self) -> TTSRequest:
+        """The same request in /v1/tts's terms; everything else keeps /v1/tts's defaults."""
+        rate = self.sample_rate or (OPENAI_PCM_RATE if self.response_format.lower() == "pcm" else None)
+        return TTSRequest(text=self.input, speed=self.speed, seed=self.seed, format=self.response_format,
+                          sample_rate=rate)
+
+
+async def _speak(request: Request, service: Service, body: TTSRequest, text_param: str,
+                 format_param: str) -> Response:
+    """Text to mel (in a thread, the event loop stays free), then the shared mel-to-audio path."""
+    frontend = service.require_text()
+    deadline = service.deadline()
+    audio_format = service.formats.get(body.format, param=format_param)
+    try:
+        check_text(body.text, service.settings.max_text_chars)
+        mel = await run_in_threadpool(frontend.synthesize_mel, body.text, body.noise_scale, 1.0 / body.speed,
+                                      body.seed)
+    except TextError as error:
+        raise APIError(422, str(error), code="invalid_text", param=text_param) from None
+    except EspeakError as error:
+        raise APIError(503, f"text-to-speech is unavailable: {error}", code="tts_unavailable") from None
+    mel = mel.numpy()
+    service.mel_limits.check_frames(mel.shape[1], "the speech for this text", text_param)
+    options = VocodeOptions(sigma=body.sigma, seed=body.seed, denoise=body.denoise, format=body.format,
+                            sample_rate=body.sample_rate, pitch=body.pitch)
+    return await service.synthesize(request, mel, options, audio_format, deadline)
+
+
+async def tts(request: Request, service: ServiceDep) -> Response:
+    """Text to audio, with pitch, speed and sampling controls."""
+    body = await json_body(request, TTSRequest, '{"text": "..."}')
+    return await _speak(request, service, body, "text", "format")
+
+
+async def speech(request: Request, service: ServiceDep) -> Response:
+    """OpenAI-compatible text to speech (`client.audio.speech.create`): raw audio bytes."""
+    body = await json_body(request, SpeechRequest, '{"model": "tts-1", "input": "...", "voice": "alloy"}')
+    return await _speak(request, service, body.as_tts(), "input", "response_format")

@@ -1,0 +1,235 @@
+"""The trainer on real speech with a tiny flow: config parsing and errors, loss falling,
+checkpoints (atomic, keep-last-K, loadable), the non-finite guard, held-out clips, --init."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+import yaml
+
+from training.cli import main
+from training.config import ConfigError, config_from_dict, load_config
+from training.data import split_clips
+from training.state import commit_checkpoint, step_dirs
+from training.trainer import Trainer, TrainingError, resolve_model
+from vocoder.checkpoint import load_checkpoint
+from vocoder.config import FlowConfig, preset
+from vocoder.inference import Vocoder
+
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
+
+LJ_CLIPS = [f"LJ001-{n:04d}" for n in range(1, 7)]
+
+
+def write_recipe(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def records(run: Path, kind: str = "train") -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def audio_filelist(tmp_path: Path, speech_dir: Path, ids: list[str]) -> Path:
+    path = tmp_path / "clips.txt"
+    path.write_text("".join(f"{speech_dir / 'ljspeech' / i}.flac\n" for i in ids))
+    return path
+
+
+def build(raw: dict) -> Trainer:
+    return Trainer(resolve_model(config_from_dict(raw), None))
+
+
+# -- configuration -----------------------------------------------------------------------
+def test_overrides_are_typed_and_refine_presets(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", {"model": "efficient", "optim": {"lr": "1e-4"}})
+    config = load_config(recipe, ["model.n_flows=8", "train.max_steps=7", "optim.lr=3e-4",
+                                  "loss.stft_resolutions=[[64, 16, 64]]", "data.cache_audio=false"])
+    assert config.model == preset("efficient").updated(n_flows=8)
+    assert config.train.max_steps == 7 and config.optim.lr == pytest.approx(3e-4)
+    assert config.loss.stft_resolutions == [[64, 16, 64]] and config.data.cache_audio is False
+    assert load_config(recipe, ["model=efficient-small"]).model == preset("efficient-small")
+    assert load_config(None).model is None  # left to --init or the defaults
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_step=5", "unknown config key 'train.max_step' (did you mean 'max_steps'?)"),
+    ("trian.max_steps=5", "unknown config key 'trian'"),
+    ("model.n_flow=3", "unknown config key 'model.n_flow'"),
+    ("train.batch_size=many", "'train.batch_size' must be an integer"),
+    ("train.precision=fp64", "'train.precision' must be one of"),
+    ("model=tiny", "unknown model preset 'tiny'"),
+    ("train.max_steps", "must look like section.key=value"),
+])
+def test_config_errors_are_one_line(tmp_path, capsys, override, message):
+    recipe = write_recipe(tmp_path / "r.yaml", {"model": "efficient"})
+    with pytest.raises(ConfigError) as error:
+        load_config(recipe, [override])
+    assert message in str(error.value)
+    assert main(["--config", str(recipe), "--print-config", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "Traceback" not in err
+
+
+def test_model_dependent_checks(tiny_recipe):
+    raw = {**tiny_recipe, "train": {**tiny_recipe["train"], "segment_length": 2050}}
+    with pytest.raises(ConfigError, match="multiple of the model's n_group 16"):
+        resolve_model(config_from_dict(raw), None)
+    raw = {**tiny_recipe, "mel": {}}
+    with pytest.raises(ConfigError, match="model expects 20 mels / hop 64"):
+        resolve_model(config_from_dict(raw), None)
+
+
+def test_print_config_resolves_paths_and_model(tmp_path, capsys, tiny_recipe, speech_dir):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe)
+    assert main(["--config", str(recipe), "--data", str(speech_dir), "--out", "rel/run", "--print-config",
+                 "train.seed=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["seed"] == 7 and printed["model"]["n_group"] == 16
+    assert printed["data"]["paths"] == [str(speech_dir)] and Path(printed["out_dir"]).is_absolute()
+
+
+# -- data --------------------------------------------------------------------------------
+def test_held_out_clips_never_trained_on(tmp_path, speech_dir, tiny_recipe, capsys):
+    train, val = split_clips(config_from_dict({"data": {"paths": [str(speech_dir)], "val_clips": 4}}).data)
+    ids = {c.clip_id for c in train} | {c.clip_id for c in val}
+    assert not ids & {f"LJ001-{n:04d}" for n in range(25, 33)}
+    assert len(val) == 4 and not {c.path for c in train} & {c.path for c in val}
+    assert {c.source for c in train} == {p.name for p in speech_dir.iterdir() if (p / "metadata.csv").is_file()}
+
+    filelist = tmp_path / "train.txt"
+    filelist.write_text("LJ001-0001\nLJ001-0027\n")
+    raw = {**tiny_recipe, "data": {"train_filelist": str(filelist)}}
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    assert main(["--config", str(recipe), "--data", str(speech_dir / "ljspeech"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "held-out evaluation clips LJ001-0027" in err and "Traceback" not in err
+
+
+def test_ljspeech_layout_with_id_filelists(tmp_path, speech_dir):
+    dataset = tmp_path / "LJSpeech-1.1"
+    (dataset / "wavs").mkdir(parents=True)
+    for clip_id in LJ_CLIPS:
+        audio, rate = soundfile.read(speech_dir / "ljspeech" / f"{clip_id}.flac")
+        soundfile.write(dataset / "wavs" / f"{clip_id}.wav", audio[:4000], rate)
+    (dataset / "metadata.csv").write_text("".join(f"{i}|text|text\n" for i in LJ_CLIPS))
+    (tmp_path / "train.txt").write_text("\n".join(LJ_CLIPS[:4]) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(LJ_CLIPS[4:]) + "\n")
+    data = config_from_dict({"data": {"paths": [str(dataset)], "train_filelist": str(tmp_path / "train.txt"),
+                                      "val_filelist": str(tmp_path / "val.txt"), "val_clips": 1}}).data
+    train, val = split_clips(data)
+    assert [c.clip_id for c in train] == LJ_CLIPS[:4] and [c.clip_id for c in val] == LJ_CLIPS[4:5]
+    assert all(c.path.parent == dataset / "wavs" and c.path.suffix == ".wav" for c in train + val)
+
+
+# -- training ----------------------------------------------------------------------------
+def test_loss_falls_and_checkpoints_are_valid(tmp_path, speech_dir, tiny_recipe):
+    raw = {**tiny_recipe, "data": {"paths": [str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))], "val_clips": 1},
+           "loss": {}, "train": {**tiny_recipe["train"], "max_steps": 40, "checkpoint_every": 10, "val_every": 20}}
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    run = tmp_path / "run"
+    assert main(["--config", str(recipe), "--out", str(run)]) == 0
+
+    nll = [r["nll"] for r in records(run)]
+    assert len(nll) == 40
+    assert sum(nll[-5:]) / 5 < sum(nll[:5]) / 5 - 0.2, nll
+    assert all(r["sigma"] == 1.0 and r["throughput"] > 0 and "grad_norm" in r for r in records(run))
+    assert [r["step"] for r in records(run, "val")] == [20, 40]
+
+    checkpoints = run / "checkpoints"
+    assert [step for step, _ in step_dirs(checkpoints)] == [30, 40]  # keep_last 2
+    assert (checkpoints / "latest").resolve() == (checkpoints / "step-00000040").resolve()
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
+    final = checkpoints / "step-00000040"
+    checkpoint = load_checkpoint(final)
+    assert not [k for k in checkpoint.state_dict if "parametrizations" in k]  # exported plain
+    assert checkpoint.metadata["step"] == 40 and checkpoint.metadata["train_config"]["train"]["max_steps"] == 40
+    model = Vocoder.from_pretrained(final)
+    audio = model.infer(torch.zeros(1, 20, 8), z=model.sample_latent(8, seed=0))
+    assert audio.shape == (1, 8 * 64) and torch.isfinite(audio).all()
+
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent), size_guidance={"audio": 0, "images": 0})
+    accumulator.Reload()
+    assert any(t.endswith("_generated") for t in accumulator.Tags()["audio"])
+    assert "train/nll" in accumulator.Tags()["scalars"] and "val/nll" in accumulator.Tags()["scalars"]
+
+
+def test_checkpoint_commit_is_atomic(tmp_path):
+    def fill(directory: Path) -> None:
+        (directory / "training_state.json").write_text("{}")
+
+    def broken(directory: Path) -> None:
+        (directory / "training_state.json").write_text("{}")
+        raise OSError("disk full")
+
+    checkpoints = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        commit_checkpoint(checkpoints, step, fill, keep_last=2)
+    with pytest.raises(OSError, match="disk full"):
+        commit_checkpoint(checkpoints, 4, broken, keep_last=2)
+    assert [step for step, _ in step_dirs(checkpoints)] == [2, 3]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000002", "step-00000003"]
+
+
+def test_non_finite_steps_are_skipped_then_abort(tmp_path, speech_dir, tiny_recipe, monkeypatch):
+    raw = {**tiny_recipe, "data": {"paths": [str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))], "val_clips": 0},
+           "out_dir": str(tmp_path / "run"),
+           "train": {**tiny_recipe["train"], "max_steps": 8, "max_bad_steps": 3, "val_every": 100}}
+    trainer = build(raw)
+    poisoned = {3, 4}
+    snapshots = {}
+    original = trainer.objective.forward
+
+    def forward(audio, lengths):
+        step = trainer.progress.step + 1
+        snapshots[step] = [p.detach().clone() for p in trainer.parameters]
+        terms = original(audio, lengths)
+        if step in poisoned:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer.objective, "forward", forward)
+    result = trainer.fit()
+    assert result.step == 8 and not result.stopped
+    assert trainer.progress.skipped_steps == 2
+    # A skipped step leaves the weights as they were; the next good one moves them.
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[4], snapshots[5]))
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[5], snapshots[6]))
+    assert [r["step"] for r in records(tmp_path / "run")] == list(range(1, 9))
+
+    raw["out_dir"] = str(tmp_path / "run2")
+    trainer = build(raw)
+    original = trainer.objective.forward
+    monkeypatch.setattr(trainer.objective, "forward",
+                        lambda a, l: {**original(a, l), "loss": torch.tensor(float("inf"), requires_grad=True)})
+    with pytest.raises(TrainingError, match="3 consecutive steps with non-finite loss"):
+        trainer.fit()
+
+
+def test_init_from_checkpoint(tmp_path, speech_dir, tiny_recipe, capsys):
+    model_config = FlowConfig.from_dict(tiny_recipe["model"])
+    source = Vocoder.from_config(model_config, config_from_dict(tiny_recipe).mel, seed=3)
+    init = source.save_pretrained(tmp_path / "init")
+    data = str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))
+    without_model = {k: v for k, v in tiny_recipe.items() if k not in ("model", "mel")}
+    without_model["train"] = {**tiny_recipe["train"], "max_steps": 1, "val_every": 100}
+    without_model["optim"] = {"lr": 1e-9}
+    recipe = write_recipe(tmp_path / "r.yaml", without_model)
+    run = tmp_path / "run"
+    assert main(["--config", str(recipe), "--data", data, "--out", str(run), "--init", str(init)]) == 0
+    trained = load_checkpoint(run / "checkpoints" / "step-00000001")
+    assert trained.model == model_config and trained.metadata["init"] == str(init)
+    for key, value in source.flow.plain_state_dict().items():
+        assert torch.allclose(trained.state_dict[key], value, atol=1e-5), key
+
+    mismatched = write_recipe(tmp_path / "m.yaml", {**without_model, "model": {**tiny_recipe["model"], "n_flows": 2},
+                                                     "mel": tiny_recipe["mel"]})
+    assert main(["--config", str(mismatched), "--data", data, "--out", str(tmp_path / "r2"), "--init", str(init)]) == 2
+    assert "n_flows: recipe 2 vs checkpoint 4" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""The vocoder as a training task: `WaveFlow` on random fixed-length audio segments, the
+`FlowObjective` loss, copy-synthesis validation and vocoder checkpoints."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import TrainConfig
+from training.data import AudioStore, Clip, Position, ResumableBatchSampler, SegmentDataset, drop_short, split_clips
+from training.distributed import DistributedContext
+from training.logging_utils import MetricsWriter, log
+from training.losses import FlowObjective
+from training.tasks import Task, TrainData
+from vocoder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from vocoder.config import FlowConfig
+from vocoder.flow import WaveFlow
+from vocoder.mel import MelConfig, MelSpectrogram
+
+VAL_SIGMA = 0.6
+VAL_AUDIO_CLIPS = 2
+
+
+class VocoderTask(Task):
+    """Train a `WaveFlow` (`config.model` is a `FlowConfig`)."""
+
+    load_checkpoint = staticmethod(load_checkpoint)
+
+    def __init__(self, config: TrainConfig, context: DistributedContext) -> None:
+        super().__init__(config, context)
+        self.val_clips: list[Clip] = []
+        self.val_store = AudioStore([], config.mel.sample_rate, cache=True)
+        self.mel = MelSpectrogram(config.mel).to(context.device)
+        self._logged_targets = False
+
+    @staticmethod
+    def checkpoint_model(checkpoint: Checkpoint) -> FlowConfig:
+        return checkpoint.model
+
+    @staticmethod
+    def default_model() -> FlowConfig:
+        return FlowConfig()
+
+    @staticmethod
+    def default_mel(model: FlowConfig) -> MelConfig:
+        return MelConfig(n_mels=model.n_mels, hop_length=model.hop_length)
+
+    @property
+    def summary(self) -> str:
+        return f"sigma {self.config.loss.sigma:.2f}"
+
+    def new_flow(self) -> WaveFlow:
+        return WaveFlow(self.config.model)
+
+    def build_flow(self, init: Checkpoint | None, init_path: str | None) -> WaveFlow:
+        flow = super().build_flow(init, init_path)
+        if self.config.train.weight_norm:
+            flow.apply_weight_norm()
+        return flow
+
+    def objective(self, flow: WaveFlow) -> FlowObjective:
+        return FlowObjective(flow, self.config.mel, self.config.loss)
+
+    def train_data(self, per_rank: int, position: Position) -> TrainData:
+        config, loop, context = self.config, self.config.train, self.context
+        train_clips, self.val_clips = split_clips(config.data)
+        min_seconds = max(config.mel.min_samples, config.model.n_group) / config.mel.sample_rate
+        train_clips, seconds = drop_short(train_clips, min_seconds)
+        log.info("training on %d clips (%.1f min), validating on %d; %d process(es), batch %d x %d samples",
+                 len(train_clips), seconds / 60, len(self.val_clips), context.world_size,
+                 loop.batch_size, loop.segment_length)
+        store = AudioStore(train_clips, config.mel.sample_rate, config.data.cache_audio)
+        if config.data.cache_audio:
+            started = time.time()
+            cached = store.preload()
+            log.info("cached %.1f min of training audio in memory in %.1f s", cached / 60, time.time() - started)
+        sampler = ResumableBatchSampler(len(store), loop.seed, per_rank, context.world_size, context.rank, position)
+        self.val_store = AudioStore(self.val_clips, config.mel.sample_rate, cache=True)
+        return TrainData(SegmentDataset(store, loop.segment_length, config.model.n_group, loop.seed), sampler)
+
+    def to_device(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        audio, lengths = batch
+        device = self.context.device
+        return audio.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
+    def batch_seconds(self, batch: list[torch.Tensor]) -> float:
+        return batch[0].numel() / self.config.mel.sample_rate
+
+    def train_record(self) -> dict[str, float]:
+        return {"sigma": self.config.loss.sigma}
+
+    def validate(self, flow: WaveFlow, step: int, metrics: MetricsWriter) -> dict[str, float]:
+        """Held-out NLL and copy-synthesis log-mel L1 on the val clips; audio and mel images
+        of the first few go to TensorBoard. Latents come from a fixed seed, so samples are
+        comparable across steps and the training RNG stream is untouched."""
+        if not self.val_clips:
+            return {}
+        device, n_group = self.context.device, self.config.model.n_group
+        sample_rate = self.config.mel.sample_rate
+        nll_sum, l1_sum = 0.0, 0.0
+        for index in range(len(self.val_store)):
+            audio = self.val_store.load(index)
+            audio = torch.from_numpy(audio[: audio.shape[0] // n_group * n_group]).to(device).unsqueeze(0)
+            mel = self.mel(audio)
+            nll_sum += float(-flow.log_likelihood(audio, mel, self.config.loss.sigma)[0])
+            generator = torch.Generator().manual_seed(self.config.train.seed + index)
+            z = torch.randn(flow.latent_shape(1, mel.shape[2]), generator=generator).to(device)
+            synthesized = flow.infer(mel, VAL_SIGMA, z=z)[:, : audio.shape[1]]
+            synthesized_mel = self.mel(synthesized)
+            l1_sum += float((synthesized_mel - mel).abs().mean())
+            if index < VAL_AUDIO_CLIPS:
+                name = self.val_clips[index].clip_id
+                metrics.audio(f"val_audio/{name}_generated", synthesized[0], step, sample_rate)
+                metrics.mel_image(f"val_mel/{name}_generated", synthesized_mel[0], step)
+                if not self._logged_targets:
+                    metrics.audio(f"val_audio/{name}_target", audio[0], step, sample_rate)
+                    metrics.mel_image(f"val_mel/{name}_target", mel[0], step)
+        self._logged_targets = True
+        return {"nll": nll_sum / len(self.val_store), "mel_l1": l1_sum / len(self.val_store)}
+
+    def export(self, directory: Path, flow: WaveFlow, metadata: dict[str, Any]) -> None:
+        save_checkpoint(directory, Checkpoint(model=flow.config, mel=self.config.mel,
+                                              state_dict=flow.plain_state_dict(), metadata=metadata))
