@@ -30,6 +30,7 @@ class _Inert:
     """Stand-in for a pickled class: it keeps the pickled attribute dict and runs nothing else."""
 
     origin = ""
+    state: Mapping[str, Any] = types.MappingProxyType({})
     # torch's legacy loader reads this before warning that a class's source changed.
     dump_patches = False
 
@@ -38,12 +39,13 @@ class _Inert:
             raise CheckpointError(f"unexpected pickled state for {self.origin}")
         self.state = state
 
-    def child(self, name: str) -> "_Inert | None":
-        module = (self.state.get("_modules") or {}).get(name)
-        return module if isinstance(module, _Inert) else None
+    def children(self) -> dict[str, _Inert]:
+        modules = self.state.get("_modules") or {}
+        return {name: module for name, module in modules.items() if isinstance(module, _Inert)}
 
-    def children(self) -> list["_Inert"]:
-        return [module for module in (self.state.get("_modules") or {}).values() if isinstance(module, _Inert)]
+    def child(self, name: str) -> _Inert:
+        """The named submodule, or an empty record when there is none."""
+        return self.children().get(name, _Inert())
 
 
 def _inert_class(module: str, name: str) -> type[_Inert]:
@@ -115,18 +117,19 @@ def _module_tensors(module: _Inert, prefix: str = "") -> dict[str, torch.Tensor]
     found = {}
     for group in ("_parameters", "_buffers"):
         for name, tensor in (module.state.get(group) or {}).items():
+            if tensor is not None and not torch.is_tensor(tensor):
+                raise CheckpointError(f"{prefix}{name} is a {type(tensor).__name__}, not a tensor")
             if tensor is not None:
                 found[prefix + name] = tensor
-    for name, child in (module.state.get("_modules") or {}).items():
-        if isinstance(child, _Inert):
-            found.update(_module_tensors(child, f"{prefix}{name}."))
+    for name, child in module.children().items():
+        found.update(_module_tensors(child, f"{prefix}{name}."))
     return found
 
 
 def _check_dilations(model: _Inert) -> None:
     """NVIDIA doubles the dilation every layer; a file that says otherwise is not this model."""
-    for k, wn in enumerate(model.child("WN").children() if model.child("WN") else []):
-        for i, layer in enumerate(wn.child("in_layers").children() if wn.child("in_layers") else []):
+    for k, wn in enumerate(model.child("WN").children().values()):
+        for i, layer in enumerate(wn.child("in_layers").children().values()):
             dilation = tuple(layer.state.get("dilation", (2**i,)))
             if dilation != (2**i,):
                 raise CheckpointError(f"WN.{k}.in_layers.{i} has dilation {dilation}, expected {2**i}")
@@ -147,9 +150,8 @@ def _unpack(loaded: Any) -> tuple[dict[str, torch.Tensor], int, dict[str, Any]]:
             raise CheckpointError("glow_old.WaveGlow swaps the coupling halves on odd steps, which this flow "
                                   "cannot represent; only glow.WaveGlow checkpoints (either WN layout) convert")
         _check_dilations(model)
-        upsample = model.child("upsample")
-        stride = upsample.state.get("stride", (NVIDIA_HOP_LENGTH,)) if upsample else (NVIDIA_HOP_LENGTH,)
-        return _module_tensors(model), int(tuple(stride)[0]), extra
+        (stride,) = model.child("upsample").state.get("stride", (NVIDIA_HOP_LENGTH,))
+        return _module_tensors(model), int(stride), extra
     if isinstance(model, Mapping) and model and all(torch.is_tensor(value) for value in model.values()):
         # A DataParallel state dict prefixes every name with "module.".
         state = {key.removeprefix("module."): value for key, value in model.items()}
@@ -168,7 +170,7 @@ def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             dims = [d for d in range(v.dim()) if g.dim() == 0 or g.shape[d] == 1]
             folded[base] = (v * (g / torch.linalg.vector_norm(v, dim=dims, keepdim=True))).float()
         elif not (suffix == "v" and f"{base}_g" in state):
-            folded[name] = tensor.float()
+            folded[name] = tensor.detach().float()  # detach: drops any pickled hooks
     return folded
 
 
@@ -235,7 +237,7 @@ def load_nvidia_waveglow(path: str | Path) -> Vocoder:
         state = _fold_weight_norm(tensors)
         config = _flow_config(state, hop_length)
         mel = MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
-    except (CheckpointError, ValueError) as error:
+    except (CheckpointError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: {error}") from None
     metadata = {"source": SOURCE, "source_file": path.name, **extra}
     checkpoint = Checkpoint(model=config, mel=mel, state_dict=_our_names(state), metadata=metadata)
