@@ -105,15 +105,21 @@ def atomic_write(target: Path, write: Any) -> None:
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint, dtype: torch.dtype = torch.float32) -> Path:
     """Write a checkpoint directory atomically per file; `dtype=torch.float16` halves its size."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().to("cpu", dtype).contiguous() for key, value in checkpoint.state_dict.items()}
     config = {
         "format_version": FORMAT_VERSION,
         "model": checkpoint.model.to_dict(),
         "mel": checkpoint.mel.to_dict(),
         "metadata": checkpoint.metadata,
     }
+    return write_checkpoint_files(path, checkpoint.state_dict, config, dtype)
+
+
+def write_checkpoint_files(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any],
+                           dtype: torch.dtype) -> Path:
+    """Write `model.safetensors` (as `dtype`) and `config.json` into `path`, each atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().to("cpu", dtype).contiguous() for key, value in state_dict.items()}
     atomic_write(path / WEIGHTS_FILE, lambda name: save_file(tensors, name))
     atomic_write(path / CONFIG_FILE, lambda name: Path(name).write_text(json.dumps(config, indent=2) + "\n"))
     return path

@@ -3,17 +3,16 @@ holding a format version, the acoustic config, the mel config and the symbol set
 refer to, so a model never silently meets a different alphabet or mel convention."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vocoder.checkpoint import (
-    CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_state_dict, config_sections, read_config_json,
-    resolve_checkpoint_dir,
+    CONFIG_FILE, WEIGHTS_FILE, check_state_dict, config_sections, read_config_json, resolve_checkpoint_dir,
+    write_checkpoint_files,
 )
 from vocoder.errors import CheckpointError
 from vocoder.mel import MelConfig
@@ -70,9 +69,6 @@ def save_checkpoint(path: str | Path, checkpoint: AcousticCheckpoint, dtype: tor
     if checkpoint.config.n_mels != checkpoint.mel.n_mels:
         raise CheckpointError(
             f"model makes {checkpoint.config.n_mels} mel bands, mel config gives {checkpoint.mel.n_mels}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().to("cpu", dtype).contiguous() for key, value in checkpoint.state_dict.items()}
     config = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -81,9 +77,7 @@ def save_checkpoint(path: str | Path, checkpoint: AcousticCheckpoint, dtype: tor
         "mel": checkpoint.mel.to_dict(),
         "metadata": checkpoint.metadata,
     }
-    atomic_write(path / WEIGHTS_FILE, lambda name: save_file(tensors, name))
-    atomic_write(path / CONFIG_FILE, lambda name: Path(name).write_text(json.dumps(config, indent=2) + "\n"))
-    return path
+    return write_checkpoint_files(path, checkpoint.state_dict, config, dtype)
 
 
 def save_model(path: str | Path, model: TextToMel, mel: MelConfig, metadata: dict[str, Any] | None = None,
