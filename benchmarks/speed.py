@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
+import multiprocessing
 import platform
 import statistics
 import sys
@@ -18,6 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,8 +30,12 @@ from vocoder.config import FlowConfig, preset
 from vocoder.inference import Vocoder, resolve_device
 from vocoder.nvidia import load_nvidia_waveglow
 
-PRESET_NAMES = ("waveglow", "efficient", "efficient-small")
+# Small models first: on this VM a process that starts right after another freed gigabytes
+# runs ~1.5x slower while the host hands the memory back (measured: `efficient` 25-37x
+# real time right after `waveglow`, 51-57x otherwise).
+PRESET_NAMES = ("efficient", "efficient-small", "waveglow")
 NVIDIA_PACKAGE = "waveglow==22.12.28"
+MAX_ROUNDS = 200
 
 
 @dataclass
@@ -115,7 +122,10 @@ def nvidia_pair(device: torch.device) -> tuple[torch.nn.Module, Vocoder]:
     return theirs.to(device).eval(), ours.to(device).eval()
 
 
-def measure(name: str, device: torch.device, seconds: float, repeats: int, compare: bool) -> Result:
+def measure(name: str, device: torch.device, seconds: float, repeats: int, min_time: float,
+            compare: bool, threads: int | None) -> Result:
+    if threads:
+        torch.set_num_threads(threads)
     theirs = None
     if compare:
         theirs, model = nvidia_pair(device)
@@ -140,10 +150,13 @@ def measure(name: str, device: torch.device, seconds: float, repeats: int, compa
     times: dict[str, list[float]] = {key: [] for key in runs}
     cpu_times: dict[str, list[float]] = {key: [] for key in runs}
     # Warm-up (allocator, oneDNN primitives, cached inverses), which also checks the weights agree.
+    start = time.perf_counter()
     outputs = [run() for run in runs.values()]
     if len(outputs) == 2 and (outputs[0] - outputs[1]).abs().max() > 1e-3:
         raise RuntimeError(f"{name}: our output differs from NVIDIA's with the same weights and noise")
-    for round_index in range(repeats):
+    # Short runs get more rounds, so that every model is timed for about `min_time` seconds.
+    rounds = max(repeats, min(MAX_ROUNDS, math.ceil(min_time / (time.perf_counter() - start))))
+    for round_index in range(rounds):
         order = list(runs) if round_index % 2 == 0 else list(reversed(runs))
         for key in order:
             wall, cpu = timed(runs[key], device)
@@ -185,7 +198,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--seconds", type=float, default=2.0, help="audio length per run (default 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up (default 5)")
+    parser.add_argument("--repeats", type=int, default=5, help="least timed rounds after one warm-up (default 5)")
+    parser.add_argument("--min-time", type=float, default=3.0,
+                        help="add rounds until each model is timed for about this many seconds (default 3)")
     parser.add_argument("--models", default=",".join(PRESET_NAMES), help="comma-separated presets")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here as JSON")
@@ -205,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results.append(measure(name, device, args.seconds, args.repeats, compare=name == "waveglow" and note is None))
+        # A fresh process per model, as when a user loads one: once a large model has been freed,
+        # glibc's heap leaves small models measurably slower (37 -> 55 ms for `efficient` here).
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results.append(pool.submit(measure, name, device, args.seconds, args.repeats, args.min_time,
+                                       name == "waveglow" and note is None, args.threads).result())
     cpu = platform.processor() or platform.machine()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
     header = (f"Inference speed on {device.type} ({where}), torch {torch.__version__}, fp32, batch 1, "
-              f"median of {args.repeats} runs")
+              f"median of at least {args.repeats} runs")
     print(markdown(results, header, note))
     if args.json:
         payload = {"device": str(device), "where": where, "torch": torch.__version__, "repeats": args.repeats,

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tiny import TINY_CONFIGS, tiny_flow
+from tiny import TINY_CONFIGS, randomise_end_layers, tiny_flow
 from vocoder.config import PRESETS, FlowConfig
 from vocoder.errors import MelError
 from vocoder.flow import WaveFlow
@@ -105,3 +105,23 @@ def test_weight_norm_fold_keeps_function_and_names():
     flow.remove_weight_norm()
     assert set(plain) == set(flow.state_dict())
     assert (before - during).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name,upsample_kernel", [("waveglow", 64), ("waveglow", 40), ("efficient", None),
+                                                  ("efficient-half-hop", None)])
+def test_inference_fast_path_equals_training_path(name, upsample_kernel):
+    """Without autograd the conditioners and the upsampler take rearranged paths; the latent
+    must not depend on which one ran (a bug shared by both directions would keep the round trip)."""
+    config = TINY_CONFIGS[name]
+    if upsample_kernel is not None:
+        config = FlowConfig(**{**config.to_dict(), "upsample_kernel": upsample_kernel})
+    torch.manual_seed(0)
+    flow = randomise_end_layers(WaveFlow(config)).eval()
+    audio, mel = _inputs(flow, frames=7)
+    lengths = torch.tensor([7 * config.hop_length, 4 * config.hop_length])
+    with torch.enable_grad():
+        z_slow, log_det_slow = flow(audio, mel, lengths)
+    with torch.no_grad():
+        z_fast, log_det_fast = flow(audio, mel, lengths)
+    assert (z_slow - z_fast).abs().max() < 1e-5
+    assert (log_det_slow - log_det_fast).abs().max() < 1e-4

@@ -9,26 +9,14 @@ import pytest
 import soundfile
 import torch
 
-from test_server import (HOP, PCM_TOLERANCE, assert_error, assert_matches_pcm, make_client,  # noqa: F401 (fixture)
-                         npy_bytes, one_torch_thread, pcm_samples, random_mel, reference, tiny_vocoder, wait_ready)
+from test_server import (HOP, PCM_TOLERANCE, assert_error, assert_matches_pcm, client, make_client,  # noqa: F401
+                         model, npy_bytes, one_torch_thread, pcm_samples, random_mel, reference, wait_ready)
 from vocoder import editing
 from vocoder.audio import load_audio
 from vocoder.mel import MelConfig
 from vocoder.mel_edit import frame_map, shift_pitch
 
 RATE = 22050
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_vocoder()
-
-
-@pytest.fixture(scope="module")
-def client(model):
-    with make_client(model) as test_client:
-        wait_ready(test_client)
-        yield test_client
 
 
 def edited(mel: np.ndarray, pitch: float, speed: float) -> np.ndarray:

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 import server.cli
 from server.app import create_app
 from server.settings import Settings
-from test_server import (HOP, assert_error, assert_matches_pcm, make_client, one_torch_thread,  # noqa: F401 (fixture)
-                         pcm_samples, reference, tiny_vocoder, wait_ready)
+from test_server import (HOP, assert_error, assert_matches_pcm, client, make_client, model,  # noqa: F401 (fixtures)
+                         one_torch_thread, pcm_samples, reference, tiny_vocoder, wait_ready)
 from test_tts import TINY
 from vocoder.mel import MelConfig
 from vocoder.mel_edit import shift_pitch
@@ -25,18 +25,6 @@ from vocoder.text.model import TextToMel
 
 TEXT = "Hello world."
 SPEECH = {"model": "tts-1", "input": TEXT, "voice": "alloy"}
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_vocoder()
-
-
-@pytest.fixture(scope="module")
-def client(model):
-    with make_client(model) as test_client:
-        wait_ready(test_client)
-        yield test_client
 
 
 def espeak_mel(text: str = TEXT, length_scale: float = 1.0) -> np.ndarray:

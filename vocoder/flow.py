@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrizations, parametrize
 
 from vocoder.conditioner import GatedConditioner
@@ -105,11 +106,41 @@ class WaveFlow(nn.Module):
             raise MelError(f"mel of {mel.shape[2]} frames is too short for {groups * c.n_group} samples")
         if c.family == "efficient":
             return mel.repeat_interleave(c.groups_per_frame, dim=2)[:, :, :groups]
+        if not torch.is_grad_enabled():
+            return self._upsample_unfolded(mel, groups)
         upsampled = self.upsample(mel)[:, :, : groups * c.n_group]
         batch = upsampled.shape[0]
         # Channel order (band, position within group) matches NVIDIA's unfold.
         return (upsampled.reshape(batch, c.n_mels, groups, c.n_group)
                 .permute(0, 1, 3, 2).reshape(batch, c.n_mels * c.n_group, groups))
+
+    def _upsample_unfolded(self, mel: torch.Tensor, groups: int) -> torch.Tensor:
+        """`condition`'s upsample-and-unfold as a few matmuls that accumulate whole hop-long blocks.
+
+        torch's CPU transposed convolution scatters its columns one sample at a time; this is
+        the same sum in a different order, about 4x faster for NVIDIA's 1024/256 upsampler.
+        """
+        c = self.config
+        hop = c.hop_length
+        weight, bias = self.upsample.weight, self.upsample.bias
+        n_in, n_out, kernel = weight.shape
+        taps = -(-kernel // hop)
+        weight = F.pad(weight, (0, taps * hop - kernel)).view(n_in, n_out, taps, hop)
+        batch, _, frames = mel.shape
+        n_blocks = -(-groups // c.groups_per_frame)
+        # Block b of the output, laid out (band, sample), sums frame b - k through tap k.
+        blocks = bias.view(1, 1, n_out, 1).expand(batch, n_blocks, n_out, hop).contiguous()
+        rows = blocks.view(batch, n_blocks, n_out * hop)
+        frames_first = mel.transpose(1, 2)
+        for tap in range(min(taps, n_blocks)):
+            reach = min(frames, n_blocks - tap)
+            rows[:, tap:tap + reach].baddbmm_(frames_first[:, :reach],
+                                              weight[:, :, tap].reshape(n_in, n_out * hop).expand(batch, -1, -1))
+        # Channel order (band, position within group) matches NVIDIA's unfold. Stored time-major,
+        # the layout that the conditioners' channels-last inference reads without a copy.
+        unfolded = blocks.view(batch, n_blocks, n_out, c.groups_per_frame, c.n_group).transpose(2, 3)
+        time_major = unfolded.reshape(batch, n_blocks * c.groups_per_frame, n_out * c.n_group)
+        return time_major[:, :groups].transpose(1, 2)
 
     def _early_slice(self, step: int) -> slice:
         index = step // self.config.n_early_every - 1

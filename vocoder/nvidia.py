@@ -182,9 +182,9 @@ def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
 
 
 def _flow_config(state: dict[str, torch.Tensor], hop_length: int) -> FlowConfig:
+    n_flows = _count(state, "convinv.{}.conv.weight")
     try:
-        n_flows = _count(state, "convinv.{}.conv.weight")
-        sizes = [state[f"convinv.{k}.conv.weight"].shape[0] for k in range(n_flows)]
+        sizes = [state[f"convinv.{k}.conv.weight"].shape[0] for k in range(max(n_flows, 1))]
         drops = [k for k in range(1, n_flows) if sizes[k] != sizes[k - 1]]
         n_layers = _count(state, "WN.0.in_layers.{}.weight")
         upsample = state["upsample.weight"]
@@ -197,9 +197,9 @@ def _flow_config(state: dict[str, torch.Tensor], hop_length: int) -> FlowConfig:
             kernel_size=state["WN.0.in_layers.0.weight"].shape[2], dilation_cycle=0,
             upsample_kernel=upsample.shape[2],
         )
-    except (KeyError, IndexError) as error:
+    except KeyError as error:
         raise CheckpointError(f"not an NVIDIA WaveGlow: no tensor {error}") from None
-    except ValueError as error:
+    except (IndexError, ValueError) as error:
         raise CheckpointError(f"unsupported WaveGlow shape: {error}") from None
     if sizes != [config.remaining_channels(k) for k in range(n_flows)]:
         raise CheckpointError(f"irregular early-output schedule (channels per step {sizes})")
@@ -237,10 +237,11 @@ def load_nvidia_waveglow(path: str | Path) -> Vocoder:
         state = _fold_weight_norm(tensors)
         config = _flow_config(state, hop_length)
         mel = MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
+        weights = _our_names(state)
     except (CheckpointError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: {error}") from None
     metadata = {"source": SOURCE, "source_file": path.name, **extra}
-    checkpoint = Checkpoint(model=config, mel=mel, state_dict=_our_names(state), metadata=metadata)
+    checkpoint = Checkpoint(model=config, mel=mel, state_dict=weights, metadata=metadata)
     return Vocoder.from_checkpoint(checkpoint, device="cpu", where=str(path))
 
 
