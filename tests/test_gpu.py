@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from speech import speech_clip
+from test_training import LJ_CLIPS, audio_filelist, write_recipe
 from tiny import randomise_end_layers
 from training.cli import main as train_main
 from vocoder.audio import load_audio
@@ -25,9 +25,9 @@ def cuda() -> torch.device:
 
 
 @pytest.mark.parametrize("name", ["waveglow", "efficient"])
-def test_fp32_flow_on_cuda_equals_cpu(cuda, name):
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_fp32_flow_on_cuda_equals_cpu(cuda, name, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model = Vocoder.from_config(preset(name), seed=0)
     randomise_end_layers(model.flow, std=0.02)
     model.eval()
@@ -58,13 +58,11 @@ def test_bundled_model_autocast_is_close_to_fp32(cuda):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_training_on_cuda(cuda, tmp_path, speech_dir, tiny_recipe, precision):
-    clips = tmp_path / "clips.txt"
-    clips.write_text("".join(f"{speech_dir / 'ljspeech' / f'LJ001-{n:04d}'}.flac\n" for n in range(1, 7)))
+    clips = audio_filelist(tmp_path, speech_dir, LJ_CLIPS)
     raw = {**tiny_recipe, "data": {"paths": [str(clips)], "val_clips": 1},
            "train": {**tiny_recipe["train"], "device": "cuda", "precision": precision, "deterministic": False,
                      "max_steps": 30, "val_every": 30, "checkpoint_every": 30}}
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
+    recipe = write_recipe(tmp_path / "recipe.yaml", raw)
     run = tmp_path / "run"
     assert train_main(["--config", str(recipe), "--out", str(run)]) == 0
     model = Vocoder.from_pretrained(run / "checkpoints" / "latest")

@@ -125,7 +125,9 @@ class WaveFlow(nn.Module):
         weight, bias = self.upsample.weight, self.upsample.bias
         n_in, n_out, kernel = weight.shape
         taps = -(-kernel // hop)
-        weight = F.pad(weight, (0, taps * hop - kernel)).view(n_in, n_out, taps, hop)
+        # One `(n_in, n_out * hop)` matrix per tap, padded to whole taps.
+        weight = (F.pad(weight, (0, taps * hop - kernel)).view(n_in, n_out, taps, hop)
+                  .permute(2, 0, 1, 3).reshape(taps, n_in, n_out * hop))
         batch, _, frames = mel.shape
         n_blocks = -(-groups // c.groups_per_frame)
         # Block b of the output, laid out (band, sample), sums frame b - k through tap k.
@@ -134,8 +136,7 @@ class WaveFlow(nn.Module):
         frames_first = mel.transpose(1, 2)
         for tap in range(min(taps, n_blocks)):
             reach = min(frames, n_blocks - tap)
-            rows[:, tap:tap + reach].baddbmm_(frames_first[:, :reach],
-                                              weight[:, :, tap].reshape(n_in, n_out * hop).expand(batch, -1, -1))
+            rows[:, tap:tap + reach].baddbmm_(frames_first[:, :reach], weight[tap].expand(batch, -1, -1))
         # Channel order (band, position within group) matches NVIDIA's unfold. Stored time-major,
         # the layout that the conditioners' channels-last inference reads without a copy.
         unfolded = blocks.view(batch, n_blocks, n_out, c.groups_per_frame, c.n_group).transpose(2, 3)
