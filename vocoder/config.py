@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import typing
 from typing import Any, Literal
 
 from vocoder.serialization import DictConfig
 
-Family = Literal["waveglow", "efficient"]
-FAMILIES = ("waveglow", "efficient")
+Family = Literal["waveglow", "efficient", "source-filter"]
+FAMILIES: tuple[Family, ...] = typing.get_args(Family)
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,12 @@ class FlowConfig(DictConfig):
     `n_early_every` steps `n_early_size` channels leave early. Each coupling is driven by a
     conditioner of `n_layers` gated layers with `n_channels` channels; dilation doubles per
     layer and restarts every `dilation_cycle` layers (0: never restarts).
+
+    `shift_groups` moves the squeeze grid by half a group on every odd step, so no group
+    boundary sits at the same place in every step. The `source-filter` family (the
+    `efficient` conditioner on a source-filter front) whitens audio with a mel-derived
+    all-pole filter of order `lpc_order` and a gain before the flow (vocoder/source_filter.py);
+    `gain_channels` sizes the network that corrects the gain.
     """
 
     config_label = "flow"
@@ -38,6 +45,9 @@ class FlowConfig(DictConfig):
     kernel_size: int = 3
     dilation_cycle: int = 3
     upsample_kernel: int = 1024
+    shift_groups: bool = False
+    lpc_order: int = 0
+    gain_channels: int = 64
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,6 +65,12 @@ class FlowConfig(DictConfig):
             problems.append(f"n_channels must be even, got {self.n_channels}")
         if self.remaining_channels(self.n_flows - 1) < 2:
             problems.append("early outputs leave fewer than 2 channels for the last flow")
+        if self.family == "source-filter" and self.lpc_order < 1:
+            problems.append(f"the source-filter family needs lpc_order >= 1, got {self.lpc_order}")
+        if self.family != "source-filter" and self.lpc_order:
+            problems.append(f"lpc_order is for the source-filter family, not {self.family!r}")
+        if self.shift_groups and self.family == "waveglow":
+            problems.append("shift_groups is for the efficient and source-filter families")
         if problems:
             raise ValueError("invalid flow config: " + "; ".join(problems))
 
@@ -73,7 +89,8 @@ class FlowConfig(DictConfig):
     def receptive_field_groups(self) -> int:
         """One-sided receptive field of all flow steps together, in group-rate positions."""
         per_step = sum((self.kernel_size - 1) // 2 * self.dilation(i) for i in range(self.n_layers))
-        return per_step * self.n_flows
+        # A shifted step moves half a group across each boundary: one more group of reach.
+        return per_step * self.n_flows + (self.n_flows // 2 if self.shift_groups else 0)
 
     def receptive_field_frames(self) -> int:
         """One-sided context (mel frames) that chunked inference must overlap by."""
@@ -94,6 +111,7 @@ PRESETS: dict[str, FlowConfig] = {
     ),
     "efficient": FlowConfig(),
     "efficient-small": FlowConfig(n_flows=8, n_channels=96, n_layers=4, dilation_cycle=2),
+    "source-filter": FlowConfig(family="source-filter", shift_groups=True, lpc_order=24),
 }
 
 

@@ -56,6 +56,25 @@ class Invertible1x1Conv(nn.Module):
         return torch.matmul(self.inverse_weight().to(x.dtype), x)
 
 
+def shift_grid(x: torch.Tensor, group_lengths: torch.Tensor | None, inverse: bool = False) -> torch.Tensor:
+    """Move the squeeze grid of `(B, C, G)` by half a group: a permutation, so its log-det is 0.
+
+    The channels are read as the samples of an unsqueezed signal, which is rotated by C/2
+    (back by C/2 when `inverse`) within each item's valid groups; padding stays in place.
+    """
+    batch, channels, groups = x.shape
+    offset = -(channels // 2) if inverse else channels // 2
+    flat = x.transpose(1, 2).reshape(batch, groups * channels)
+    if group_lengths is None:
+        flat = torch.roll(flat, offset, dims=1)
+    else:
+        positions = torch.arange(groups * channels, device=x.device)[None]
+        valid = (group_lengths.to(x.device) * channels).clamp(1, groups * channels)[:, None]
+        source = torch.where(positions < valid, torch.remainder(positions - offset, valid), positions)
+        flat = torch.gather(flat, 1, source.expand(batch, -1))
+    return flat.reshape(batch, groups, channels).transpose(1, 2)
+
+
 def length_mask(lengths: torch.Tensor | None, size: int, like: torch.Tensor) -> torch.Tensor | None:
     """`(B, 1, size)` mask of valid positions, or None when every item is full length."""
     if lengths is None:
@@ -148,6 +167,9 @@ class WaveFlow(nn.Module):
         size = self.config.n_early_size
         return slice(index * size, (index + 1) * size)
 
+    def _is_shifted_step(self, step: int) -> bool:
+        return self.config.shift_groups and step % 2 == 1
+
     def _is_early_step(self, step: int) -> bool:
         return step > 0 and step % self.config.n_early_every == 0
 
@@ -174,6 +196,9 @@ class WaveFlow(nn.Module):
             if self._is_early_step(step):
                 early.append(x[:, : c.n_early_size])
                 x = x[:, c.n_early_size:]
+            shifted = self._is_shifted_step(step)
+            if shifted:
+                x = shift_grid(x, group_lengths)
             x = self.convinv[step](x)
             log_det = log_det + valid * self.convinv[step].log_abs_det()
             half = x.shape[1] // 2
@@ -185,6 +210,8 @@ class WaveFlow(nn.Module):
                 shift = shift * mask
             x = torch.cat([x_a, torch.exp(log_scale) * x_b + shift], dim=1)
             log_det = log_det + log_scale.sum(dim=(1, 2))
+            if shifted:
+                x = shift_grid(x, group_lengths, inverse=True)
         z = torch.cat(early + [x], dim=1)
         return z, log_det
 
@@ -222,12 +249,17 @@ class WaveFlow(nn.Module):
         n_early_total = c.n_group - c.remaining_channels(c.n_flows - 1)
         x = sigma * z[:, n_early_total:]
         for step in reversed(range(c.n_flows)):
+            shifted = self._is_shifted_step(step)
+            if shifted:
+                x = shift_grid(x, group_lengths)
             half = x.shape[1] // 2
             x_a, x_b = x[:, :half], x[:, half:]
             out = self.WN[step](x_a, cond, mask)
             shift, log_scale = out[:, :half], out[:, half:]
             x = torch.cat([x_a, (x_b - shift) * torch.exp(-log_scale)], dim=1)
             x = self.convinv[step].reverse(x)
+            if shifted:
+                x = shift_grid(x, group_lengths, inverse=True)
             if self._is_early_step(step):
                 x = torch.cat([sigma * z[:, self._early_slice(step)], x], dim=1)
         if mask is not None:
