@@ -52,7 +52,7 @@ class VocoderTask(Task):
         return f"sigma {self.config.loss.sigma:.2f}"
 
     def new_flow(self) -> WaveFlow:
-        return WaveFlow(self.config.model)
+        return WaveFlow(self.config.model, self.config.mel)
 
     def build_flow(self, init: Checkpoint | None, init_path: str | None) -> WaveFlow:
         flow = super().build_flow(init, init_path)

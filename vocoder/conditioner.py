@@ -71,14 +71,14 @@ class GatedConditioner(nn.Module):
         # Inference runs 1x1 convolutions as batched matmuls for the efficient family: on 2 CPU
         # cores that is 1.1-3.3x faster at its sizes (128 channels). At NVIDIA's sizes (640 -> 512
         # and 256 -> 256 channels) oneDNN's channels-last convolution is the faster one.
-        self.matmul_projections = config.family == "efficient"
+        self.matmul_projections = config.family != "waveglow"
         self.start = nn.Conv1d(n_half, channels, 1)
         self.cond_layer = nn.Conv1d(cond_channels, 2 * channels * layers, 1)
         self.in_layers = nn.ModuleList()
         self.res_skip_layers = nn.ModuleList()
         for i in range(layers):
             dilation = config.dilation(i)
-            if config.family == "efficient":
+            if config.family != "waveglow":
                 layer: nn.Module = DepthwiseSeparableConv(channels, 2 * channels, config.kernel_size, dilation)
             else:
                 layer = nn.Conv1d(channels, 2 * channels, config.kernel_size, dilation=dilation,

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from vocoder.serialization import DictConfig
 
 Family = Literal["waveglow", "efficient", "source-filter"]
+# Mel frames the source-filter gain network sees at once (vocoder/source_filter.py).
+GAIN_KERNEL_SIZE = 5
 FAMILIES: tuple[Family, ...] = typing.get_args(Family)
 
 
@@ -97,6 +99,9 @@ class FlowConfig(DictConfig):
         frames = -(-self.receptive_field_groups() // self.groups_per_frame)
         if self.family == "waveglow":
             frames += -(-(self.upsample_kernel - self.hop_length) // self.hop_length)
+        if self.family == "source-filter":
+            # The gain network's kernel, plus one frame for per-sample interpolation.
+            frames += GAIN_KERNEL_SIZE // 2 + 1
         return frames
 
 

@@ -16,6 +16,8 @@ from torch.nn.utils import parametrizations, parametrize
 from vocoder.conditioner import GatedConditioner
 from vocoder.config import FlowConfig
 from vocoder.errors import MelError, VocoderError
+from vocoder.mel import MelConfig
+from vocoder.source_filter import SourceFilter
 
 
 class Invertible1x1Conv(nn.Module):
@@ -75,6 +77,14 @@ def shift_grid(x: torch.Tensor, group_lengths: torch.Tensor | None, inverse: boo
     return flat.reshape(batch, groups, channels).transpose(1, 2)
 
 
+def _without_first_column(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The mask of a shifted step: group 0 holds the two half groups at the ends of the
+    signal, which that step passes through untouched, so no step reaches round the ends."""
+    if mask is None:
+        mask = like.new_ones(like.shape[0], 1, like.shape[2])
+    return torch.cat([torch.zeros_like(mask[:, :, :1]), mask[:, :, 1:]], dim=2)
+
+
 def length_mask(lengths: torch.Tensor | None, size: int, like: torch.Tensor) -> torch.Tensor | None:
     """`(B, 1, size)` mask of valid positions, or None when every item is full length."""
     if lengths is None:
@@ -83,12 +93,25 @@ def length_mask(lengths: torch.Tensor | None, size: int, like: torch.Tensor) -> 
     return (positions[None, :] < lengths.to(like.device)[:, None]).to(like.dtype).unsqueeze(1)
 
 
-class WaveFlow(nn.Module):
-    """WaveGlow-style flow for both families; parameter names follow NVIDIA's WaveGlow."""
+def sample_mask(lengths: torch.Tensor | None, size: int, like: torch.Tensor) -> torch.Tensor | None:
+    """`(B, size)` mask of valid samples, or None when every item is full length."""
+    mask = length_mask(lengths, size, like)
+    return None if mask is None else mask.squeeze(1)
 
-    def __init__(self, config: FlowConfig) -> None:
+
+class WaveFlow(nn.Module):
+    """WaveGlow-style flow for every family; parameter names follow NVIDIA's WaveGlow.
+
+    The source-filter family needs the mel front-end's config (`mel_config`) to invert the mel.
+    """
+
+    def __init__(self, config: FlowConfig, mel_config: MelConfig | None = None) -> None:
         super().__init__()
         self.config = config
+        self.source_filter: SourceFilter | None = None
+        if config.family == "source-filter":
+            mel_config = mel_config or MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
+            self.source_filter = SourceFilter(config.lpc_order, config.gain_channels, mel_config)
         if config.family == "waveglow":
             self.upsample = nn.ConvTranspose1d(config.n_mels, config.n_mels, config.upsample_kernel,
                                                stride=config.hop_length)
@@ -123,7 +146,7 @@ class WaveFlow(nn.Module):
             raise MelError(f"mel has {mel.shape[1]} bands, model expects {c.n_mels}")
         if mel.shape[2] * c.groups_per_frame < groups:
             raise MelError(f"mel of {mel.shape[2]} frames is too short for {groups * c.n_group} samples")
-        if c.family == "efficient":
+        if c.family != "waveglow":
             return mel.repeat_interleave(c.groups_per_frame, dim=2)[:, :, :groups]
         if not torch.is_grad_enabled():
             return self._upsample_unfolded(mel, groups)
@@ -181,6 +204,9 @@ class WaveFlow(nn.Module):
         `lengths` (samples, multiples of n_group) marks valid audio in a padded batch.
         """
         c = self.config
+        log_det = torch.zeros(audio.shape[0], dtype=audio.dtype, device=audio.device)
+        if self.source_filter is not None:
+            audio, log_det = self.source_filter.whiten(audio, mel, lengths)
         x = self.squeeze(audio)
         groups = x.shape[2]
         group_lengths = None if lengths is None else torch.div(lengths, c.n_group, rounding_mode="floor")
@@ -190,24 +216,27 @@ class WaveFlow(nn.Module):
         cond = self.condition(mel, groups)
         if mask is not None:
             x = x * mask
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         early: list[torch.Tensor] = []
         for step in range(c.n_flows):
             if self._is_early_step(step):
                 early.append(x[:, : c.n_early_size])
                 x = x[:, c.n_early_size:]
             shifted = self._is_shifted_step(step)
+            step_mask, transformed = mask, valid
             if shifted:
                 x = shift_grid(x, group_lengths)
+                held, step_mask, transformed = x[:, :, :1], _without_first_column(mask, x), valid - 1
             x = self.convinv[step](x)
-            log_det = log_det + valid * self.convinv[step].log_abs_det()
+            if shifted:
+                x = torch.cat([held, x[:, :, 1:]], dim=2)
+            log_det = log_det + transformed * self.convinv[step].log_abs_det()
             half = x.shape[1] // 2
             x_a, x_b = x[:, :half], x[:, half:]
-            out = self.WN[step](x_a, cond, mask)
+            out = self.WN[step](x_a, cond, step_mask)
             shift, log_scale = out[:, :half], out[:, half:]
-            if mask is not None:
-                log_scale = log_scale * mask
-                shift = shift * mask
+            if step_mask is not None:
+                log_scale = log_scale * step_mask
+                shift = shift * step_mask
             x = torch.cat([x_a, torch.exp(log_scale) * x_b + shift], dim=1)
             log_det = log_det + log_scale.sum(dim=(1, 2))
             if shifted:
@@ -235,6 +264,17 @@ class WaveFlow(nn.Module):
         `lengths` (frames) marks valid mel frames; the audio beyond each length is silence.
         `z` (standard normal, `(B, n_group, T * hop / n_group)`) is drawn when not given.
         """
+        x = self.infer_flow(mel, sigma, lengths, z, generator)
+        if self.source_filter is None:
+            return x
+        audio, _ = self.source_filter.colour(x, mel, frame_lengths=lengths)
+        mask = sample_mask(None if lengths is None else lengths * self.config.hop_length, audio.shape[1], audio)
+        return audio if mask is None else audio * mask
+
+    def infer_flow(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
+                   z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`infer` up to the flow's output `(B, T * hop)`: the audio, or for the source-filter
+        family the excitation that `SourceFilter.colour` turns into audio."""
         c = self.config
         shape = self.latent_shape(mel.shape[0], mel.shape[2])
         if z is None:
@@ -250,16 +290,22 @@ class WaveFlow(nn.Module):
         x = sigma * z[:, n_early_total:]
         for step in reversed(range(c.n_flows)):
             shifted = self._is_shifted_step(step)
+            step_mask = mask
             if shifted:
                 x = shift_grid(x, group_lengths)
+                step_mask = _without_first_column(mask, x)
             half = x.shape[1] // 2
             x_a, x_b = x[:, :half], x[:, half:]
-            out = self.WN[step](x_a, cond, mask)
+            out = self.WN[step](x_a, cond, step_mask)
             shift, log_scale = out[:, :half], out[:, half:]
-            x = torch.cat([x_a, (x_b - shift) * torch.exp(-log_scale)], dim=1)
-            x = self.convinv[step].reverse(x)
             if shifted:
+                shift, log_scale = shift * step_mask, log_scale * step_mask
+            x = torch.cat([x_a, (x_b - shift) * torch.exp(-log_scale)], dim=1)
+            if shifted:
+                x = torch.cat([x[:, :, :1], self.convinv[step].reverse(x[:, :, 1:])], dim=2)
                 x = shift_grid(x, group_lengths, inverse=True)
+            else:
+                x = self.convinv[step].reverse(x)
             if self._is_early_step(step):
                 x = torch.cat([sigma * z[:, self._early_slice(step)], x], dim=1)
         if mask is not None:

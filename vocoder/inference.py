@@ -68,13 +68,13 @@ class Vocoder(nn.Module):
         if seed is not None:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
-                return cls(WaveFlow(config), mel_config)
-        return cls(WaveFlow(config), mel_config)
+                return cls(WaveFlow(config, mel_config), mel_config)
+        return cls(WaveFlow(config, mel_config), mel_config)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device | None = "cpu",
                         where: str = "checkpoint") -> "Vocoder":
-        flow = WaveFlow(checkpoint.model)
+        flow = WaveFlow(checkpoint.model, checkpoint.mel)
         check_state_dict(flow.state_dict(), checkpoint.state_dict, where)
         flow.load_state_dict(checkpoint.state_dict)
         model = cls(flow, checkpoint.mel, checkpoint.metadata)
@@ -180,7 +180,8 @@ class Vocoder(nn.Module):
                progress: bool = False) -> Iterator[torch.Tensor]:
         """Yield audio `(B, chunk_samples)` pieces of `infer`'s result, in order.
 
-        Each chunk runs with `receptive_field_frames` of mel context on both sides, so the
+        Each chunk runs with `receptive_field_frames` of mel context on both sides, and the
+        source-filter family's synthesis filter carries its state from chunk to chunk, so the
         concatenation equals the unchunked output for the same `z`.
         """
         mel = self.check_mel(mel)
@@ -194,13 +195,20 @@ class Vocoder(nn.Module):
         groups, hop = self.flow.config.groups_per_frame, self.hop_length
         bounds = self._chunk_bounds(frames, chunk_frames)
         denoiser = self.denoiser() if denoise > 0 else None
+        source_filter, filter_state = self.flow.source_filter, None
         for start, end in tqdm(bounds, desc="vocoding", unit="chunk", disable=not progress or len(bounds) == 1):
             left, right = max(0, start - context), min(frames, end + context)
             part_lengths = None if lengths is None else (lengths - left).clamp(0, right - left)
+            part_mel = mel[:, :, left:right]
             with self._autocast():
-                audio = self.flow.infer(mel[:, :, left:right], sigma, part_lengths,
-                                        z[:, :, left * groups:right * groups])
+                audio = self.flow.infer_flow(part_mel, sigma, part_lengths, z[:, :, left * groups:right * groups])
             audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
+            if source_filter is not None:
+                audio, filter_state = source_filter.colour(audio, part_mel, (start - left) * hop, filter_state,
+                                                           part_lengths)
+                if lengths is not None:
+                    audio = audio * (torch.arange(start * hop, end * hop, device=audio.device)[None]
+                                     < lengths[:, None] * hop)
             if denoiser is not None:
                 audio = denoiser(audio, denoise)
             yield audio
