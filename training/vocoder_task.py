@@ -12,6 +12,7 @@ from training.config import TrainConfig
 from training.data import AudioStore, Clip, Position, ResumableBatchSampler, SegmentDataset, drop_short, split_clips
 from training.distributed import DistributedContext
 from training.logging_utils import MetricsWriter, log
+from training.pitch_fit import fit_pitch_predictor
 from training.losses import FlowObjective
 from training.tasks import Task, TrainData
 from vocoder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -58,6 +59,7 @@ class VocoderTask(Task):
         flow = super().build_flow(init, init_path)
         if self.config.train.weight_norm:
             flow.apply_weight_norm()
+        self.flow = flow
         return flow
 
     def objective(self, flow: WaveFlow) -> FlowObjective:
@@ -78,6 +80,10 @@ class VocoderTask(Task):
             log.info("cached %.1f min of training audio in memory in %.1f s", cached / 60, time.time() - started)
         sampler = ResumableBatchSampler(len(store), loop.seed, per_rank, context.world_size, context.rank, position)
         self.val_store = AudioStore(self.val_clips, config.mel.sample_rate, cache=True)
+        pitch = self.flow.pitch
+        if pitch is not None and not bool(pitch.fitted):
+            # Every process fits the same predictor from the same seed before the first step.
+            fit_pitch_predictor(pitch, store, self.mel, loop.seed)
         return TrainData(SegmentDataset(store, loop.segment_length, config.model.n_group, loop.seed), sampler)
 
     def to_device(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,9 @@ class FlowConfig(DictConfig):
     boundary sits at the same place in every step. The `source-filter` family (the
     `efficient` conditioner on a source-filter front) whitens audio with a mel-derived
     all-pole filter of order `lpc_order` and a gain before the flow (vocoder/source_filter.py);
-    `gain_channels` sizes the network that corrects the gain.
+    `gain_channels` sizes the network that corrects the gain. With `pitch_harmonics` > 0 the
+    couplings also see the sin and cos of that many harmonics of the F0 phase at audio rate
+    (vocoder/pitch.py), projected once to `pitch_channels` channels.
     """
 
     config_label = "flow"
@@ -50,6 +52,8 @@ class FlowConfig(DictConfig):
     shift_groups: bool = False
     lpc_order: int = 0
     gain_channels: int = 64
+    pitch_harmonics: int = 0
+    pitch_channels: int = 32
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,10 +75,19 @@ class FlowConfig(DictConfig):
             problems.append(f"the source-filter family needs lpc_order >= 1, got {self.lpc_order}")
         if self.family != "source-filter" and self.lpc_order:
             problems.append(f"lpc_order is for the source-filter family, not {self.family!r}")
+        if self.pitch_harmonics and self.family != "source-filter":
+            problems.append(f"pitch_harmonics is for the source-filter family, not {self.family!r}")
         if self.shift_groups and self.family == "waveglow":
             problems.append("shift_groups is for the efficient and source-filter families")
         if problems:
             raise ValueError("invalid flow config: " + "; ".join(problems))
+
+    @property
+    def cond_channels(self) -> int:
+        """Conditioning channels each coupling sees at group rate."""
+        if self.family == "waveglow":
+            return self.n_mels * self.n_group
+        return self.n_mels + (self.pitch_channels if self.pitch_harmonics else 0)
 
     @property
     def groups_per_frame(self) -> int:
@@ -116,7 +129,7 @@ PRESETS: dict[str, FlowConfig] = {
     ),
     "efficient": FlowConfig(),
     "efficient-small": FlowConfig(n_flows=8, n_channels=96, n_layers=4, dilation_cycle=2),
-    "source-filter": FlowConfig(family="source-filter", shift_groups=True, lpc_order=24),
+    "source-filter": FlowConfig(family="source-filter", shift_groups=True, lpc_order=24, pitch_harmonics=2),
 }
 
 

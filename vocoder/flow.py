@@ -17,6 +17,7 @@ from vocoder.conditioner import GatedConditioner
 from vocoder.config import FlowConfig
 from vocoder.errors import MelError, VocoderError
 from vocoder.mel import MelConfig
+from vocoder.pitch import PitchPredictor, PitchTrack, harmonic_features
 from vocoder.source_filter import SourceFilter
 
 
@@ -108,6 +109,7 @@ class WaveFlow(nn.Module):
     def __init__(self, config: FlowConfig, mel_config: MelConfig | None = None) -> None:
         super().__init__()
         self.config = config
+        self.sample_rate = (mel_config or MelConfig()).sample_rate
         self.source_filter: SourceFilter | None = None
         if config.family == "source-filter":
             mel_config = mel_config or MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
@@ -115,9 +117,11 @@ class WaveFlow(nn.Module):
         if config.family == "waveglow":
             self.upsample = nn.ConvTranspose1d(config.n_mels, config.n_mels, config.upsample_kernel,
                                                stride=config.hop_length)
-            cond_channels = config.n_mels * config.n_group
-        else:
-            cond_channels = config.n_mels
+        self.pitch: PitchPredictor | None = None
+        if config.pitch_harmonics:
+            self.pitch = PitchPredictor(config.n_mels)
+            self.pitch_proj = nn.Conv1d(2 * config.pitch_harmonics * config.n_group, config.pitch_channels, 1)
+        cond_channels = config.cond_channels
         self.convinv = nn.ModuleList()
         self.WN = nn.ModuleList()
         for step in range(config.n_flows):
@@ -139,15 +143,30 @@ class WaveFlow(nn.Module):
         """`(B, n_group, G)` back to `(B, G * n_group)` audio."""
         return x.transpose(1, 2).reshape(x.shape[0], -1)
 
-    def condition(self, mel: torch.Tensor, groups: int) -> torch.Tensor:
-        """Mel `(B, n_mels, T)` to conditioning `(B, C_cond, groups)` at group rate."""
+    def condition(self, mel: torch.Tensor, groups: int, frame_lengths: torch.Tensor | None = None,
+                  pitch: PitchTrack | None = None) -> torch.Tensor:
+        """Mel `(B, n_mels, T)` to conditioning `(B, C_cond, groups)` at group rate.
+
+        With pitch conditioning, `pitch` is the mel's pitch track (computed here when not given;
+        `frame_lengths` marks a padded batch's valid frames for it).
+        """
         c = self.config
         if mel.shape[1] != c.n_mels:
             raise MelError(f"mel has {mel.shape[1]} bands, model expects {c.n_mels}")
         if mel.shape[2] * c.groups_per_frame < groups:
             raise MelError(f"mel of {mel.shape[2]} frames is too short for {groups * c.n_group} samples")
         if c.family != "waveglow":
-            return mel.repeat_interleave(c.groups_per_frame, dim=2)[:, :, :groups]
+            cond = mel.repeat_interleave(c.groups_per_frame, dim=2)[:, :, :groups]
+            if self.pitch is None:
+                return cond
+            if pitch is None:
+                pitch = self.pitch.track(mel, c.hop_length, self.sample_rate, frame_lengths)
+            features = harmonic_features(pitch, c.pitch_harmonics, c.hop_length, self.sample_rate, 0,
+                                         groups * c.n_group).to(cond.dtype)
+            batch, channels = features.shape[:2]
+            squeezed = (features.view(batch, channels, groups, c.n_group).transpose(2, 3)
+                        .reshape(batch, channels * c.n_group, groups))
+            return torch.cat([cond, self.pitch_proj(squeezed)], dim=1)
         if not torch.is_grad_enabled():
             return self._upsample_unfolded(mel, groups)
         upsampled = self.upsample(mel)[:, :, : groups * c.n_group]
@@ -213,7 +232,8 @@ class WaveFlow(nn.Module):
         mask = length_mask(group_lengths, groups, x)
         valid = (torch.full((x.shape[0],), groups, device=x.device) if group_lengths is None
                  else group_lengths.to(x.device)).to(x.dtype)
-        cond = self.condition(mel, groups)
+        frame_lengths = None if lengths is None else torch.div(lengths, c.hop_length, rounding_mode="floor") + 1
+        cond = self.condition(mel, groups, frame_lengths)
         if mask is not None:
             x = x * mask
         early: list[torch.Tensor] = []
@@ -272,9 +292,11 @@ class WaveFlow(nn.Module):
         return audio if mask is None else audio * mask
 
     def infer_flow(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
-                   z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                   z: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   pitch: PitchTrack | None = None) -> torch.Tensor:
         """`infer` up to the flow's output `(B, T * hop)`: the audio, or for the source-filter
-        family the excitation that `SourceFilter.colour` turns into audio."""
+        family the excitation that `SourceFilter.colour` turns into audio. A chunk of a longer
+        signal passes its frames of the whole signal's `pitch` track."""
         c = self.config
         shape = self.latent_shape(mel.shape[0], mel.shape[2])
         if z is None:
@@ -285,7 +307,7 @@ class WaveFlow(nn.Module):
         groups = shape[2]
         group_lengths = None if lengths is None else lengths * c.groups_per_frame
         mask = length_mask(group_lengths, groups, mel)
-        cond = self.condition(mel, groups)
+        cond = self.condition(mel, groups, lengths, pitch)
         n_early_total = c.n_group - c.remaining_channels(c.n_flows - 1)
         x = sigma * z[:, n_early_total:]
         for step in reversed(range(c.n_flows)):

@@ -196,12 +196,16 @@ class Vocoder(nn.Module):
         bounds = self._chunk_bounds(frames, chunk_frames)
         denoiser = self.denoiser() if denoise > 0 else None
         source_filter, filter_state = self.flow.source_filter, None
+        pitch = None
+        if self.flow.pitch is not None:
+            pitch = self.flow.pitch.track(mel, hop, self.sample_rate, lengths)
         for start, end in tqdm(bounds, desc="vocoding", unit="chunk", disable=not progress or len(bounds) == 1):
             left, right = max(0, start - context), min(frames, end + context)
             part_lengths = None if lengths is None else (lengths - left).clamp(0, right - left)
             part_mel = mel[:, :, left:right]
             with self._autocast():
-                audio = self.flow.infer_flow(part_mel, sigma, part_lengths, z[:, :, left * groups:right * groups])
+                audio = self.flow.infer_flow(part_mel, sigma, part_lengths, z[:, :, left * groups:right * groups],
+                                             pitch=None if pitch is None else pitch.frames(left, right))
             audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
             if source_filter is not None:
                 audio, filter_state = source_filter.colour(audio, part_mel, (start - left) * hop, filter_state,

@@ -90,3 +90,16 @@ class MelSpectrogram(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         mel = torch.matmul(self.filterbank, self.magnitude(audio))
         return torch.log(torch.clamp(mel, min=self.config.clamp_min))
+
+
+def hold_last_frame(frames: torch.Tensor, frame_lengths: torch.Tensor | None, dim: int = 2) -> torch.Tensor:
+    """A padded batch (frames along `dim`) whose frames past each item's length repeat its
+    last valid frame: what edge padding makes of a lone item, so batched equals unbatched."""
+    if frame_lengths is None:
+        return frames
+    shape = [1] * frames.dim()
+    shape[0], shape[dim] = -1, 1
+    last = (frame_lengths.to(frames.device).clamp(min=1) - 1).view(shape)
+    shape[0], shape[dim] = 1, -1
+    positions = torch.arange(frames.shape[dim], device=frames.device).view(shape)
+    return torch.gather(frames, dim, torch.minimum(positions, last).expand_as(frames))

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vocoder.config import GAIN_KERNEL_SIZE
-from vocoder.mel import MelConfig
+from vocoder.mel import MelConfig, hold_last_frame
 
 # The smooth spectrum gets a floor this far below each frame's peak, so LPC never digs
 # notches where the mel says "no energy" (a sparse inversion makes the residual explode).
@@ -236,13 +236,10 @@ class SourceFilter(nn.Module):
     def frame_filter(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> FrameFilter:
         """Mel `(B, n_mels, T)` (natural log magnitude) to the per-frame filter and gain.
 
-        In a padded batch, frames past `frame_lengths` repeat each item's last valid frame, as
-        the edge padding of a lone item does, so batched equals unbatched.
+        In a padded batch, the mel and the filter past `frame_lengths` repeat each item's last
+        valid frame, as the edge padding of a lone item does, so batched equals unbatched.
         """
-        if frame_lengths is not None:
-            last = (frame_lengths.to(mel.device).clamp(min=1) - 1).view(-1, 1, 1)
-            positions = torch.arange(mel.shape[2], device=mel.device).view(1, 1, -1)
-            mel = torch.gather(mel, 2, torch.minimum(positions, last).expand_as(mel))
+        mel = hold_last_frame(mel, frame_lengths)
         with torch.no_grad():
             magnitude = torch.exp(mel.detach().to(torch.float64))
             levels = magnitude * self.band_scale.view(1, -1, 1)
@@ -255,7 +252,8 @@ class SourceFilter(nn.Module):
             reflection = predictor_to_reflection(predictor * self.expansion)
             lpc_log_gain = 0.5 * torch.log(error)
         correction = self.gain_net(mel).squeeze(1)
-        return FrameFilter(reflection, lpc_log_gain.to(correction.dtype) + correction)
+        log_gain = hold_last_frame(lpc_log_gain.to(correction.dtype) + correction, frame_lengths, dim=1)
+        return FrameFilter(reflection, log_gain)
 
     def whiten(self, audio: torch.Tensor, mel: torch.Tensor,
                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

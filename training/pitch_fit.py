@@ -1,0 +1,91 @@
+"""Fit a source-filter flow's pitch predictor to pYIN labels of the training clips.
+
+It runs once, before the flow trains (a resumed run finds it fitted), and the predictor
+stays frozen afterwards, so the flow always conditions on a fixed function of the mel.
+"""
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from training.data import AudioStore
+from training.logging_utils import log
+from vocoder.mel import MelSpectrogram
+from vocoder.pitch import F0_MAX_HZ, F0_MIN_HZ, PitchPredictor
+
+FIT_STEPS = 800
+FIT_WINDOW_FRAMES = 128
+FIT_BATCH = 16
+FIT_LR = 2e-3
+
+
+def pyin_labels(audio: np.ndarray, sample_rate: int, hop: int, frame_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """pYIN F0 (Hz, 0 where unvoiced) and voicing `(L // hop + 1,)`, framed like the mel."""
+    f0, voiced, _ = librosa.pyin(audio, fmin=F0_MIN_HZ, fmax=F0_MAX_HZ, sr=sample_rate,
+                                 frame_length=frame_length, hop_length=hop, center=True)
+    return np.where(voiced, np.nan_to_num(f0), 0.0).astype(np.float32), voiced.astype(np.float32)
+
+
+def _window_batch(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rng: np.random.Generator,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mels, f0s, voiced = [], [], []
+    for _ in range(FIT_BATCH):
+        mel, f0, voicing = examples[rng.integers(len(examples))]
+        frames = mel.shape[1]
+        size = min(FIT_WINDOW_FRAMES, frames)
+        start = int(rng.integers(0, frames - size + 1))
+        pad = FIT_WINDOW_FRAMES - size
+        mels.append(F.pad(mel[:, start:start + size], (0, pad), mode="replicate"))
+        f0s.append(F.pad(f0[start:start + size], (0, pad)))
+        voiced.append(F.pad(voicing[start:start + size], (0, pad)))
+    return torch.stack(mels), torch.stack(f0s), torch.stack(voiced)
+
+
+def pitch_loss(predictor: PitchPredictor, mel: torch.Tensor, f0: torch.Tensor,
+               voiced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L1 of log F0 on voiced frames plus voicing cross-entropy; also returns the log-F0 error
+    in cents and the voicing error rate."""
+    log_f0, voicing_logit = predictor(mel)
+    voiced_frames = voiced.sum().clamp(min=1)
+    log_error = ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced_frames
+    voicing = F.binary_cross_entropy_with_logits(voicing_logit, voiced)
+    vuv_error = ((voicing_logit > 0).float() != voiced).float().mean()
+    return log_error + voicing, log_error * 1200 / np.log(2), vuv_error
+
+
+def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSpectrogram, seed: int,
+                        steps: int = FIT_STEPS) -> dict[str, float]:
+    """Label every clip of `store` with pYIN, fit `predictor` on random windows of them, and
+    mark it fitted. Returns the final training errors."""
+    config = mel.config
+    device = mel.filterbank.device
+    examples = []
+    for index in tqdm(range(len(store)), desc="pYIN labels", unit="clip"):
+        audio = store.load(index)
+        f0, voiced = pyin_labels(audio, config.sample_rate, config.hop_length, config.n_fft)
+        with torch.no_grad():
+            clip_mel = mel(torch.from_numpy(audio).to(device))[0]
+        frames = min(clip_mel.shape[1], len(f0))
+        examples.append((clip_mel[:, :frames], torch.from_numpy(f0[:frames]).to(device),
+                         torch.from_numpy(voiced[:frames]).to(device)))
+    rng = np.random.default_rng(seed)
+    predictor.requires_grad_(True)
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=FIT_LR)
+    cents = vuv = 0.0
+    with tqdm(range(steps), desc="fitting pitch", unit="step") as bar:
+        for step in bar:
+            loss, cents_t, vuv_t = pitch_loss(predictor, *_window_batch(examples, rng))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            cents, vuv = 0.9 * cents + 0.1 * float(cents_t), 0.9 * vuv + 0.1 * float(vuv_t)
+            if step % 50 == 0:
+                bar.set_postfix(cents=f"{cents:.0f}", vuv=f"{vuv:.3f}")
+    predictor.requires_grad_(False)
+    predictor.fitted.fill_(True)
+    log.info("pitch predictor fitted on %d clips: voiced log-F0 error %.0f cents, voicing error %.3f "
+             "(running means over the last steps)", len(examples), cents, vuv)
+    return {"f0_cents": cents, "vuv_error": vuv}

@@ -1,0 +1,93 @@
+"""Pitch conditioning: a small mel -> (log F0, voicing) network, and the harmonic phase
+features at audio rate that the couplings of the source-filter family see.
+
+F0 is computed from the mel alone, so conditioning on it keeps log p(x | mel) exact. The
+network is fitted to pYIN labels before the flow trains (training/pitch_fit.py), then frozen.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vocoder.mel import hold_last_frame
+
+# The speaking-pitch range searched by pYIN, for labels and for evaluation alike.
+F0_MIN_HZ = 65.0
+F0_MAX_HZ = 400.0
+# The network predicts log F0 around this centre.
+F0_CENTRE_HZ = 160.0
+
+
+@dataclass
+class PitchTrack:
+    """Per-frame pitch `(B, T)`: F0 in Hz, voicing probability, and the phase (radians, float64)
+    reached at each frame centre, counted from frame 0 of the whole signal."""
+
+    f0: torch.Tensor
+    voicing: torch.Tensor
+    phase: torch.Tensor
+
+    def frames(self, start: int, end: int) -> "PitchTrack":
+        return PitchTrack(self.f0[:, start:end], self.voicing[:, start:end], self.phase[:, start:end])
+
+
+class PitchPredictor(nn.Module):
+    """Mel `(B, n_mels, T)` to log F0 `(B, T)` and a voicing logit `(B, T)`.
+
+    Its parameters never train with the flow (they are created frozen); `fitted` records
+    whether `training/pitch_fit.py` has fitted them.
+    """
+
+    def __init__(self, n_mels: int, channels: int = 128, kernel_size: int = 5) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.hidden = nn.ModuleList([
+            nn.Conv1d(n_mels, channels, kernel_size, padding=padding, padding_mode="replicate"),
+            nn.Conv1d(channels, channels, kernel_size, padding=padding, padding_mode="replicate")])
+        self.out = nn.Conv1d(channels, 2, 1)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.requires_grad_(False)
+
+    def forward(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each layer's output past `frame_lengths` repeats the last valid frame, as the next
+        layer's edge padding would for a lone item."""
+        hidden = hold_last_frame(mel, frame_lengths)
+        for conv in self.hidden:
+            hidden = hold_last_frame(torch.tanh(conv(hidden)), frame_lengths)
+        out = self.out(hidden)
+        return math.log(F0_CENTRE_HZ) + out[:, 0], out[:, 1]
+
+    def track(self, mel: torch.Tensor, hop: int, sample_rate: int,
+              frame_lengths: torch.Tensor | None = None) -> PitchTrack:
+        """The pitch track of a whole signal's mel (in a padded batch, the mel and the track past
+        `frame_lengths` repeat the last valid frame)."""
+        with torch.no_grad():
+            log_f0, voicing_logit = self(mel, frame_lengths)
+            f0 = log_f0.exp().clamp(F0_MIN_HZ, F0_MAX_HZ).to(torch.float64)
+            # The phase integrates the piecewise-linear F0 exactly, frame by frame.
+            advance = math.pi * hop / sample_rate * (f0[:, :-1] + f0[:, 1:])
+            phase = torch.cat([torch.zeros_like(f0[:, :1]), advance.cumsum(dim=1)], dim=1)
+        return PitchTrack(f0, torch.sigmoid(voicing_logit), phase)
+
+
+def harmonic_features(track: PitchTrack, harmonics: int, hop: int, sample_rate: int, start: int,
+                      length: int) -> torch.Tensor:
+    """Voicing-weighted sin and cos of the first `harmonics` multiples of the F0 phase, at
+    samples `start..start+length` of the track's signal: `(B, 2 * harmonics, length)`."""
+    frames = track.f0.shape[1]
+    samples = torch.arange(start, start + length, device=track.f0.device)
+    left = torch.div(samples, hop, rounding_mode="floor").clamp(max=frames - 1)
+    right = (left + 1).clamp(max=frames - 1)
+    offset = (samples - left * hop).to(torch.float64)
+    f0_left, f0_right = track.f0[:, left], track.f0[:, right]
+    slope = torch.where(right > left, (f0_right - f0_left) / hop, torch.zeros_like(f0_left))
+    phase = track.phase[:, left] + 2 * math.pi / sample_rate * (f0_left * offset + 0.5 * slope * offset * offset)
+    weight = (offset / hop).clamp(max=1.0).to(track.voicing.dtype)
+    voicing = (track.voicing[:, left] * (1 - weight) + track.voicing[:, right] * weight)
+    multiples = torch.arange(1, harmonics + 1, device=phase.device, dtype=phase.dtype).view(1, -1, 1)
+    angles = torch.remainder(multiples * phase.unsqueeze(1), 2 * math.pi)
+    features = torch.cat([angles.sin(), angles.cos()], dim=1).to(voicing.dtype)
+    return features * voicing.unsqueeze(1)
