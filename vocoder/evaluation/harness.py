@@ -23,6 +23,7 @@ from vocoder.errors import AudioError, VocoderError
 from vocoder.evaluation.asr import normalize_words, transcribe, word_error_rate
 from vocoder.evaluation.griffin_lim import griffin_lim_from_mel
 from vocoder.evaluation.metrics import (
+    comb_level_db,
     dnsmos,
     f0_metrics,
     log_mel_l1,
@@ -65,6 +66,7 @@ METRICS = (
     Metric("log_mel_l1", "log-mel L1", False, False),
     Metric("f0_rmse_cents", "F0 RMSE (cents)", False, False, 1),
     Metric("vuv_error", "V/UV error", False, False),
+    Metric("comb_db", "group-rate comb (dB)", False, True, 1),
     Metric("wer", "ASR WER", False, True),
     Metric("rtf", "RTF (x real time)", True, False, 2),
 )
@@ -204,7 +206,8 @@ def _score(model: Vocoder, recording: np.ndarray, audio: np.ndarray, synthesis_s
     rate = model.sample_rate
     scores: Scores = dict.fromkeys((metric.key for metric in METRICS), None)
     mos = dnsmos(audio, rate)
-    scores.update(dnsmos_sig=mos["SIG"], dnsmos_bak=mos["BAK"], dnsmos_ovrl=mos["OVRL"])
+    scores.update(dnsmos_sig=mos["SIG"], dnsmos_bak=mos["BAK"], dnsmos_ovrl=mos["OVRL"],
+                  comb_db=comb_level_db(audio, rate, model.flow.config.n_group))
     if synthesis_seconds is not None:
         try:
             scores["pesq_wb"] = pesq_wb(recording, audio, rate)
