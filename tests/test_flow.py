@@ -29,12 +29,10 @@ def test_round_trip_tiny(name):
     assert (z - audio.reshape(2, -1, flow.config.n_group).transpose(1, 2)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["waveglow", "efficient", "efficient-small"])
+@pytest.mark.parametrize("name", ["waveglow", "efficient", "efficient-small", "source-filter"])
 def test_round_trip_presets(name):
     torch.manual_seed(0)
-    flow = WaveFlow(PRESETS[name]).eval()
-    for conditioner in flow.WN:
-        torch.nn.init.normal_(conditioner.end.weight, std=0.02)
+    flow = randomise_end_layers(WaveFlow(PRESETS[name]), std=0.02).eval()
     audio, mel = _inputs(flow, frames=8, batch=1)
     with torch.no_grad():
         z, _ = flow(audio, mel)
@@ -42,7 +40,7 @@ def test_round_trip_presets(name):
     assert (restored - audio).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["waveglow", "efficient"])
+@pytest.mark.parametrize("name", ["waveglow", "efficient", "efficient-shifted", "source-filter"])
 def test_log_determinant_equals_autograd_jacobian(name):
     flow = tiny_flow(name).double()
     audio, mel = _inputs(flow, frames=3, batch=1, dtype=torch.float64)
@@ -70,8 +68,9 @@ def test_log_likelihood_includes_gaussian_constant():
     assert flow.log_likelihood(audio, mel, sigma=sigma).item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_padded_batch_likelihood_matches_single_items():
-    flow = tiny_flow("efficient")
+@pytest.mark.parametrize("name", ["efficient", "efficient-shifted", "source-filter"])
+def test_padded_batch_likelihood_matches_single_items(name):
+    flow = tiny_flow(name)
     audio, mel = _inputs(flow, frames=10)
     lengths = torch.tensor([160, 96])
     padded = audio.clone()

@@ -1,5 +1,5 @@
 """Tiny random-init flows for fast tests, with the zero-initialised last layers
-randomised so that every coupling actually transforms its input."""
+randomised so that every coupling (and the source-filter gain correction) acts."""
 from __future__ import annotations
 
 import torch
@@ -15,15 +15,24 @@ TINY_CONFIGS = {
                             n_early_every=2, n_early_size=2, n_layers=3, n_channels=8, dilation_cycle=2),
     "efficient-half-hop": FlowConfig(family="efficient", n_mels=6, hop_length=16, n_group=8, n_flows=3,
                                      n_early_every=4, n_early_size=2, n_layers=2, n_channels=6),
+    "efficient-shifted": FlowConfig(family="efficient", n_mels=6, hop_length=16, n_group=8, n_flows=4,
+                                    n_early_every=2, n_early_size=2, n_layers=2, n_channels=8, shift_groups=True),
+    "source-filter": FlowConfig(family="source-filter", n_mels=6, hop_length=16, n_group=8, n_flows=4,
+                                n_early_every=2, n_early_size=2, n_layers=2, n_channels=8, shift_groups=True,
+                                lpc_order=4, gain_channels=4, pitch_harmonics=2, pitch_channels=4),
 }
 
 
 def randomise_end_layers(flow: WaveFlow, std: float = 0.05, seed: int = 0) -> WaveFlow:
+    """Also the source-filter gain correction's last layer, so every learned part acts."""
     generator = torch.Generator().manual_seed(seed)
+    ends = [conditioner.end for conditioner in flow.WN]
+    if flow.source_filter is not None:
+        ends.append(flow.source_filter.gain_net[-1])
     with torch.no_grad():
-        for conditioner in flow.WN:
-            conditioner.end.weight.copy_(torch.randn(conditioner.end.weight.shape, generator=generator) * std)
-            conditioner.end.bias.copy_(torch.randn(conditioner.end.bias.shape, generator=generator) * std)
+        for end in ends:
+            end.weight.copy_(torch.randn(end.weight.shape, generator=generator) * std)
+            end.bias.copy_(torch.randn(end.bias.shape, generator=generator) * std)
     return flow
 
 

@@ -232,7 +232,7 @@ class WaveFlow(nn.Module):
         mask = length_mask(group_lengths, groups, x)
         valid = (torch.full((x.shape[0],), groups, device=x.device) if group_lengths is None
                  else group_lengths.to(x.device)).to(x.dtype)
-        frame_lengths = None if lengths is None else torch.div(lengths, c.hop_length, rounding_mode="floor") + 1
+        frame_lengths = None if lengths is None else -torch.div(-lengths, c.hop_length, rounding_mode="floor")
         cond = self.condition(mel, groups, frame_lengths)
         if mask is not None:
             x = x * mask

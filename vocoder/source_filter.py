@@ -258,9 +258,9 @@ class SourceFilter(nn.Module):
     def whiten(self, audio: torch.Tensor, mel: torch.Tensor,
                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio `(B, L)` to the excitation `(B, L)` and the log-det `(B,)`, over the first
-        `lengths` samples of each item in a padded batch (the mel of those samples has
-        `lengths // hop + 1` frames)."""
-        frame_lengths = None if lengths is None else torch.div(lengths, self.hop, rounding_mode="floor") + 1
+        `lengths` samples of each item in a padded batch (whose own mel is taken to be its
+        first ceil(lengths / hop) frames, the fewest the flow accepts)."""
+        frame_lengths = None if lengths is None else -torch.div(-lengths, self.hop, rounding_mode="floor")
         frame_filter = self.frame_filter(mel, frame_lengths)
         reflection = interpolate_frames(frame_filter.reflection, self.hop, 0, audio.shape[1])
         log_gain = interpolate_frames(frame_filter.log_gain, self.hop, 0, audio.shape[1])
