@@ -86,8 +86,12 @@ def harmonic_features(track: PitchTrack, harmonics: int, hop: int, sample_rate: 
     slope = torch.where(right > left, (f0_right - f0_left) / hop, torch.zeros_like(f0_left))
     phase = track.phase[:, left] + 2 * math.pi / sample_rate * (f0_left * offset + 0.5 * slope * offset * offset)
     weight = (offset / hop).clamp(max=1.0).to(track.voicing.dtype)
-    voicing = (track.voicing[:, left] * (1 - weight) + track.voicing[:, right] * weight)
-    multiples = torch.arange(1, harmonics + 1, device=phase.device, dtype=phase.dtype).view(1, -1, 1)
-    angles = torch.remainder(multiples * phase.unsqueeze(1), 2 * math.pi)
-    features = torch.cat([angles.sin(), angles.cos()], dim=1).to(voicing.dtype)
-    return features * voicing.unsqueeze(1)
+    voicing = (track.voicing[:, left] * (1 - weight) + track.voicing[:, right] * weight).unsqueeze(1)
+    # The phase needs float64 to stay exact over long signals; once wrapped, float32 does.
+    angle = torch.remainder(phase, 2 * math.pi).to(voicing.dtype)
+    sine, cosine = angle.sin(), angle.cos()
+    sines, cosines = [sine], [cosine]
+    for _ in range(harmonics - 1):  # the angle-addition formulas give the higher harmonics
+        sines.append(sines[-1] * cosine + cosines[-1] * sine)
+        cosines.append(cosines[-1] * cosine - sines[-2] * sine)
+    return torch.stack(sines + cosines, dim=1) * voicing

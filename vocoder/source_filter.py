@@ -39,33 +39,52 @@ class FrameFilter:
     log_gain: torch.Tensor
 
 
-def levinson_durbin(autocorrelation: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Autocorrelation `(..., >= order + 1)` to the predictor `a` `(..., order)` of
-    A(z) = 1 + sum a_k z^-k and the prediction-error power `(...)`."""
-    r = autocorrelation
-    a = r.new_zeros(*r.shape[:-1], order)
-    error = r[..., 0]
+@numba.njit(cache=True, nogil=True)
+def levinson_durbin(autocorrelation: np.ndarray, order: int) -> tuple[np.ndarray, float]:
+    """Autocorrelation `(>= order + 1,)` to the predictor `a` `(order,)` of
+    A(z) = 1 + sum a_k z^-k and the prediction-error power."""
+    a = np.zeros(order)
+    previous = np.zeros(order)
+    error = autocorrelation[0]
     for m in range(order):
-        acc = r[..., m + 1] + (a[..., :m] * r[..., 1:m + 1].flip(-1)).sum(-1)
+        acc = autocorrelation[m + 1]
+        for j in range(m):
+            acc += a[j] * autocorrelation[m - j]
         k = -acc / error
-        a = a.clone()
-        a[..., :m] = a[..., :m] + k.unsqueeze(-1) * a[..., :m].flip(-1)
-        a[..., m] = k
-        error = error * (1 - k * k)
+        previous[:m] = a[:m]
+        for j in range(m):
+            a[j] = previous[j] + k * previous[m - 1 - j]
+        a[m] = k
+        error *= 1 - k * k
     return a, error
 
 
-def predictor_to_reflection(a: torch.Tensor) -> torch.Tensor:
-    """The step-down recursion: predictor `(..., p)` to reflection coefficients `(..., p)`."""
-    order = a.shape[-1]
-    reflection = torch.empty_like(a)
+@numba.njit(cache=True, nogil=True)
+def predictor_to_reflection(predictor: np.ndarray) -> np.ndarray:
+    """The step-down recursion: predictor `(p,)` to reflection coefficients `(p,)`."""
+    a = predictor.copy()
+    order = a.shape[0]
+    reflection = np.empty(order)
     for m in range(order, 0, -1):
-        k = a[..., m - 1]
-        reflection[..., m - 1] = k
-        if m > 1:
-            head = a[..., :m - 1]
-            a = (head - k.unsqueeze(-1) * head.flip(-1)) / (1 - k * k).unsqueeze(-1)
+        k = a[m - 1]
+        reflection[m - 1] = k
+        head = a[:m - 1].copy()
+        for j in range(m - 1):
+            a[j] = (head[j] - k * head[m - 2 - j]) / (1 - k * k)
     return reflection
+
+
+@numba.njit(cache=True, nogil=True)
+def _frame_lpc(autocorrelation: np.ndarray, order: int, expansion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame `(N, order + 1)`: bandwidth-expanded reflection coefficients `(N, order)` and
+    the prediction-error power `(N,)`."""
+    frames = autocorrelation.shape[0]
+    reflection = np.empty((frames, order))
+    error = np.empty(frames)
+    for n in range(frames):
+        predictor, error[n] = levinson_durbin(autocorrelation[n], order)
+        reflection[n] = predictor_to_reflection(predictor * expansion)
+    return reflection, error
 
 
 def interpolate_frames(values: torch.Tensor, hop: int, start: int, length: int) -> torch.Tensor:
@@ -248,9 +267,11 @@ class SourceFilter(nn.Module):
             floor = power.amax(dim=-1, keepdim=True) * 10 ** (-FLOOR_DB / 10)
             power = torch.maximum(power, floor)
             autocorrelation = torch.fft.irfft(power, n=self.n_fft)[..., : self.order + 1] * self.lag_window
-            predictor, error = levinson_durbin(autocorrelation, self.order)
-            reflection = predictor_to_reflection(predictor * self.expansion)
-            lpc_log_gain = 0.5 * torch.log(error)
+            batch, frames = autocorrelation.shape[:2]
+            reflection, error = _frame_lpc(_numpy64(autocorrelation.reshape(batch * frames, -1)), self.order,
+                                           _numpy64(self.expansion))
+            reflection = torch.from_numpy(reflection).view(batch, frames, self.order).to(mel.device)
+            lpc_log_gain = 0.5 * torch.log(torch.from_numpy(error).view(batch, frames).to(mel.device))
         correction = self.gain_net(mel).squeeze(1)
         log_gain = hold_last_frame(lpc_log_gain.to(correction.dtype) + correction, frame_lengths, dim=1)
         return FrameFilter(reflection, log_gain)
