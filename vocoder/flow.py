@@ -350,10 +350,13 @@ class WaveFlow(nn.Module):
                     parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
 
     def plain_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict with any weight normalisation folded, without changing this module."""
+        """State dict (parameters and persistent buffers) with any weight normalisation folded,
+        without changing this module."""
         state = {}
         for name, module in self.named_modules():
-            for key, tensor in module.named_parameters(recurse=False):
+            persistent_buffers = [(key, buffer) for key, buffer in module.named_buffers(recurse=False)
+                                  if key not in module._non_persistent_buffers_set]
+            for key, tensor in [*module.named_parameters(recurse=False), *persistent_buffers]:
                 state[f"{name}.{key}" if name else key] = tensor.detach()
             if parametrize.is_parametrized(module, "weight"):
                 state[f"{name}.weight"] = module.weight.detach()
