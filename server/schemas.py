@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.errors import APIError
 from server.formats import SAMPLE_RATE_RANGE
+from vocoder.inference import mel_range_message
+from vocoder.mel import MelConfig
 from vocoder.mel_edit import PITCH_RANGE, SPEED_RANGE
 
 SIGMA_RANGE = (0.0, 1.5)
@@ -205,6 +207,7 @@ class MelLimits:
     min_frames: int
     max_frames: int
     seconds_per_frame: float
+    mel_config: MelConfig
 
     def check_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         """(bands, frames) of a mel shaped [n_mels, T] or [1, n_mels, T], or the matching 4xx."""
@@ -240,4 +243,9 @@ class MelLimits:
         mel = np.ascontiguousarray(mel.reshape(mel.shape[-2:]), dtype=np.float32)
         if not np.isfinite(mel).all():
             raise APIError(422, "mel contains NaN or infinite values", code="non_finite_mel", param="mel")
+        low, high = self.mel_config.value_range
+        smallest, largest = float(mel.min()), float(mel.max())
+        if smallest < low or largest > high:
+            raise APIError(422, mel_range_message(smallest, largest, self.mel_config), code="mel_out_of_range",
+                           param="mel")
         return mel

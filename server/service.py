@@ -147,7 +147,8 @@ class Service:
         model, _ = self.require_ready()
         config = model.mel.config
         return MelLimits(n_mels=config.n_mels, min_frames=math.ceil(config.min_samples / config.hop_length),
-                         max_frames=self.settings.max_frames, seconds_per_frame=config.hop_length / config.sample_rate)
+                         max_frames=self.settings.max_frames, seconds_per_frame=config.hop_length / config.sample_rate,
+                         mel_config=config)
 
     def deadline(self) -> float:
         """When a request arriving now gets its 504."""

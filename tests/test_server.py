@@ -314,6 +314,17 @@ def test_non_finite_mel(client, bad):
                  422, "non_finite_mel")
 
 
+@pytest.mark.parametrize("value", [1e30, 89.0, -80.0])
+def test_mel_outside_the_log_magnitude_range(client, value):
+    mel = random_mel(10)
+    mel[3, 4] = value  # 1e30 and 89 would vocode to clipped noise; -80 is a dB mel's silence
+    response = client.post("/v1/vocode", content=npy_bytes(mel), headers={"content-type": "application/x-npy"})
+    error = assert_error(response, 422, "mel_out_of_range")
+    assert "natural log of a magnitude mel" in error["message"] and error["param"] == "mel"
+    low, high = client.get("/v1/models").json()["mel"]["value_range"]
+    assert low < -11.5 and 2.4 < high < 10
+
+
 def test_empty_and_too_short_input(client):
     npy = {"content-type": "application/octet-stream"}
     assert_error(client.post("/v1/vocode", content=b"", headers=npy), 422, "empty_body")

@@ -39,6 +39,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def mel_range_message(smallest: float, largest: float, config: MelConfig) -> str:
+    """The one-line error for a mel outside `config.value_range` (often a power or dB mel)."""
+    low, high = config.value_range
+    return (f"mel values span {smallest:.4g} to {largest:.4g}, outside {low:.1f} to {high:.1f}: expected the natural "
+            f"log of a magnitude mel, silence at log({config.clamp_min:g}) = {config.silence_value:.1f} "
+            f"(a dB or power mel is a common cause)")
+
+
 def as_audio_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Mono audio `(L,)` or a batch `(B, L)` as a float32 tensor `(B, L)`."""
     tensor = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio, dtype=torch.float32)
@@ -139,6 +147,10 @@ class Vocoder(nn.Module):
             raise MelError("mel has no frames")
         if not torch.isfinite(mel).all():
             raise MelError("mel contains NaN or infinite values")
+        low, high = self.mel.config.value_range
+        smallest, largest = float(mel.min()), float(mel.max())
+        if smallest < low or largest > high:
+            raise MelError(mel_range_message(smallest, largest, self.mel.config))
         return mel.to(self.device, torch.float32)
 
     def sample_latent(self, frames: int, batch: int = 1, seed: int | None = None,

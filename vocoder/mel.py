@@ -5,6 +5,8 @@ anywhere in the project is interchangeable with one made anywhere else.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import librosa
@@ -46,9 +48,28 @@ class MelConfig(DictConfig):
         return self.n_fft // 2 + 1
 
 
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The log-mel values a request may hold: from silence to the loudest mel of audio in
+        [-1, 1] (every window sample at full scale in every bin of the widest band), each
+        widened by `MEL_VALUE_MARGIN` for mels that other models predict."""
+        return (self.silence_value - MEL_VALUE_MARGIN, _loudest_log_mel(self) + MEL_VALUE_MARGIN)
+
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for `num_samples` of audio (centred framing)."""
         return num_samples // self.hop_length + 1
+
+
+# Natural-log units by which `MelConfig.value_range` exceeds what the front-end can produce.
+MEL_VALUE_MARGIN = 2.0
+
+
+@functools.cache
+def _loudest_log_mel(config: MelConfig) -> float:
+    filterbank = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
+                                     fmin=config.fmin, fmax=config.fmax, htk=False, norm="slaney")
+    window_sum = float(torch.hann_window(config.win_length, dtype=torch.float64).sum())
+    return math.log(window_sum * float(filterbank.sum(axis=1).max()))
 
 
 class MelSpectrogram(nn.Module):
