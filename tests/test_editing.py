@@ -149,7 +149,7 @@ def test_out_of_range_edits_name_the_range(edit, value, words):
 
 def test_mel_input_sigma_and_edits():
     model = tiny_vocoder("efficient")
-    mel = torch.randn(model.flow.config.n_mels, 50)
+    mel = torch.randn(model.flow.config.n_mels, 50) - 5
     latent = editing.from_mel(model, mel, sigma=0.5, seed=3)
     assert latent.length == 50 * model.hop_length
     assert abs(latent.z.std().item() - 0.5) < 0.05
@@ -168,18 +168,18 @@ def test_mel_input_sigma_and_edits():
 def test_interpolation_endpoints_and_prior():
     model = tiny_vocoder("efficient")
     n_mels = model.flow.config.n_mels
-    a = editing.from_mel(model, torch.randn(n_mels, 200), sigma=1.0, seed=1)
-    b = editing.from_mel(model, torch.randn(n_mels, 200), sigma=1.0, seed=2)
+    a = editing.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=1)
+    b = editing.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=2)
     start, end = editing.interpolate(a, b, 0.0), editing.interpolate(a, b, 1.0)
     assert torch.equal(start.mel, a.mel) and torch.equal(start.z, a.z)
     assert torch.allclose(end.mel, b.mel) and torch.allclose(end.z, b.z, atol=1e-6)
     middle = editing.interpolate(a, b, 0.5)
     assert torch.allclose(middle.mel, (a.mel + b.mel) / 2)
     assert abs(middle.z.std().item() - 1.0) < 0.05  # a linear mix would give 0.71
-    same_noise = editing.from_mel(model, torch.randn(n_mels, 200), sigma=1.0, seed=1)
+    same_noise = editing.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=1)
     assert torch.equal(editing.interpolate(a, same_noise, 0.5).z, a.z)
     with pytest.raises(EditError, match="same length"):
-        editing.interpolate(a, editing.from_mel(model, torch.randn(n_mels, 120), seed=2), 0.5)
+        editing.interpolate(a, editing.from_mel(model, torch.randn(n_mels, 120) - 5, seed=2), 0.5)
     with pytest.raises(EditError, match="0-1"):
         editing.interpolate(a, b, 1.5)
 

@@ -24,7 +24,7 @@ def cuda() -> torch.device:
     return torch.device("cuda")
 
 
-@pytest.mark.parametrize("name", ["waveglow", "efficient"])
+@pytest.mark.parametrize("name", ["waveglow", "efficient", "source-filter"])
 def test_fp32_flow_on_cuda_equals_cpu(cuda, name, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -39,6 +39,18 @@ def test_fp32_flow_on_cuda_equals_cpu(cuda, name, monkeypatch):
         on_gpu = model.to(cuda).flow.infer(mel.to(cuda), sigma=0.6, lengths=lengths.to(cuda), z=z.to(cuda)).cpu()
     assert (on_cpu - on_gpu).abs().max() < 1e-3
     assert on_gpu[1, 25 * model.hop_length:].abs().max() == 0
+
+
+def test_source_filter_chunked_stream_on_cuda_equals_whole(cuda):
+    model = Vocoder.from_config(preset("source-filter"), seed=0)
+    randomise_end_layers(model.flow, std=0.02)
+    model = model.to(cuda).eval()
+    mel = torch.randn(1, 80, 60, generator=torch.Generator().manual_seed(1)) - 5.0
+    z = model.sample_latent(60, seed=1)
+    whole = model.infer(mel.to(cuda), z=z, chunk_frames=None)
+    chunked = model.infer(mel.to(cuda), z=z, chunk_frames=16)
+    assert whole.device.type == "cuda" and torch.isfinite(whole).all()
+    assert (whole - chunked).abs().max() < 1e-3
 
 
 def test_bundled_model_autocast_is_close_to_fp32(cuda):
