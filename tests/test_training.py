@@ -85,12 +85,17 @@ def test_model_dependent_checks(tiny_recipe):
 
 
 def test_print_config_resolves_paths_and_model(tmp_path, capsys, tiny_recipe, speech_dir):
+    # The data is reached through a symlinked ancestor, as when ../shared is a link, so every
+    # run checks that the printed path is the fully resolved one, not the one given.
+    shared_link = tmp_path / "shared"
+    shared_link.symlink_to(speech_dir.parents[1], target_is_directory=True)
+    linked_speech = shared_link / speech_dir.relative_to(speech_dir.parents[1])
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe)
-    assert main(["--config", str(recipe), "--data", str(speech_dir), "--out", "rel/run", "--print-config",
+    assert main(["--config", str(recipe), "--data", str(linked_speech), "--out", "rel/run", "--print-config",
                  "train.seed=7"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["seed"] == 7 and printed["model"]["n_group"] == 16
-    assert printed["data"]["paths"] == [str(speech_dir)] and Path(printed["out_dir"]).is_absolute()
+    assert printed["data"]["paths"] == [str(speech_dir.resolve())] and Path(printed["out_dir"]).is_absolute()
 
 
 # -- data --------------------------------------------------------------------------------
