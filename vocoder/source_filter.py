@@ -5,6 +5,9 @@ filter, e[n] = x[n] + (a combination of earlier samples), so its Jacobian is uni
 triangular (log-det 0); g is a per-sample gain (log-det -sum log g). Sampling runs the
 inverse: u -> g u -> the lattice synthesis recursion, at C speed through numba.
 Both depend on the mel only, so log p(x | mel) stays exact.
+
+The numba kernels compile on first use (about half a second per process) and are not cached
+on disk: the service may run from a read-only file system.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class FrameFilter:
     log_gain: torch.Tensor
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def levinson_durbin(autocorrelation: np.ndarray, order: int) -> tuple[np.ndarray, float]:
     """Autocorrelation `(>= order + 1,)` to the predictor `a` `(order,)` of
     A(z) = 1 + sum a_k z^-k and the prediction-error power."""
@@ -59,7 +62,7 @@ def levinson_durbin(autocorrelation: np.ndarray, order: int) -> tuple[np.ndarray
     return a, error
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def predictor_to_reflection(predictor: np.ndarray) -> np.ndarray:
     """The step-down recursion: predictor `(p,)` to reflection coefficients `(p,)`."""
     a = predictor.copy()
@@ -74,7 +77,7 @@ def predictor_to_reflection(predictor: np.ndarray) -> np.ndarray:
     return reflection
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def _frame_lpc(autocorrelation: np.ndarray, order: int, expansion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per frame `(N, order + 1)`: bandwidth-expanded reflection coefficients `(N, order)` and
     the prediction-error power `(N,)`."""
@@ -114,7 +117,7 @@ def lattice_analysis(audio: torch.Tensor, reflection: torch.Tensor) -> torch.Ten
     return forward
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(nogil=True, inline="always")
 def _reflection_at(frames: np.ndarray, b: int, n: int, hop: int, out: np.ndarray) -> None:
     """`interpolate_frames` for one sample: `out` gets the reflection of sample `n`."""
     count = frames.shape[1]
@@ -126,7 +129,7 @@ def _reflection_at(frames: np.ndarray, b: int, n: int, hop: int, out: np.ndarray
         out[m] = frames[b, left, m] * (1 - weight) + frames[b, right, m] * weight
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def _lattice_synthesis(excitation: np.ndarray, frames: np.ndarray, hop: int, start: int,
                        state: np.ndarray) -> np.ndarray:
     """The inverse of `lattice_analysis`, with per-frame reflections `(B, T, p)` interpolated
@@ -150,7 +153,7 @@ def _lattice_synthesis(excitation: np.ndarray, frames: np.ndarray, hop: int, sta
     return audio
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def _lattice_synthesis_adjoint(grad_audio: np.ndarray, frames: np.ndarray, hop: int, start: int) -> np.ndarray:
     """The transpose of `_lattice_synthesis` from zero history, run backwards in time."""
     batch, length = grad_audio.shape
