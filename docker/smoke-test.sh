@@ -50,7 +50,7 @@ for tool in docker curl python3; do
 done
 if ! engine_error=$(docker info 2>&1 >/dev/null); then
   say "docker info: $(tail -n 1 <<<"$engine_error")"
-  # Containers and WSL often have no systemd, and the docs that say `systemctl start docker` fail there.
+  # Containers and WSL often run without systemd, where `systemctl start docker` does not work.
   fail "no Docker engine; start it with 'sudo systemctl start docker', or without systemd 'sudo service docker start' or 'sudo dockerd >/var/log/dockerd.log 2>&1 &'"
 fi
 [ -f "$CLIP" ] || fail "clip not found: $CLIP (set CLIP)"
