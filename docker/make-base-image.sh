@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Builds a local stand-in for `debian:bookworm-slim` on hosts that cannot pull from Docker Hub:
-# debootstrap a minimal bookworm from the host's apt mirror, trust the host's extra CA
-# certificates (a TLS-intercepting proxy needs them at build time), then `docker import` it.
+# Builds a local base image for hosts that cannot pull from Docker Hub: debootstrap a minimal
+# bookworm from the host's apt mirror, trust the host's extra CA certificates (a TLS-intercepting
+# proxy needs them at build time), then `docker import` it. It is tagged under a name of our own,
+# never another image's (debian:*, nvidia/cuda:*), so it cannot shadow the real image later; the
+# Dockerfiles take it with `--build-arg BASE_IMAGE=flow-vocoder/base:bookworm`.
 #
-# usage: sudo docker/make-base-image.sh [TAG]     (TAG defaults to debian:bookworm-slim)
+# usage: sudo docker/make-base-image.sh [TAG]     (TAG defaults to flow-vocoder/base:$SUITE)
 # env:   MIRROR  apt mirror (default: the host's first Debian URI in /etc/apt/sources.list[.d])
 #        SUITE   Debian suite (default: bookworm)
 set -euo pipefail
 
-TAG=${1:-debian:bookworm-slim}
 SUITE=${SUITE:-bookworm}
+TAG=${1:-flow-vocoder/base:$SUITE}
+case "$TAG" in
+  debian:*|ubuntu:*|nvidia/*|library/*|docker.io/*)
+    echo "make-base-image: refusing to tag a home-made image as $TAG, another image's name; use e.g. flow-vocoder/base:bookworm" >&2
+    exit 2 ;;
+esac
 
 host_mirror() {
   # The first non-security Debian URI, from either the one-line or the deb822 format.

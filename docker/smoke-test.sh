@@ -3,13 +3,18 @@
 # vocode the mel of a recorded clip, check the WAV, /metrics, the health check and a clean stop.
 # Prints the image size and the cold start (container start -> first /readyz 200).
 #
-# usage: docker/smoke-test.sh [--make-base] [--no-build]
-#   --make-base  build the base image first with docker/make-base-image.sh (hosts without Docker
-#                Hub); done anyway when BASE_IMAGE is neither present nor pullable.
+# usage: docker/smoke-test.sh [--make-base] [--no-build] [--prune]
+#   --make-base  build on the home-made Debian bookworm base $LOCAL_BASE instead of BASE_IMAGE
+#                (hosts without Docker Hub); docker/make-base-image.sh makes it when absent. Done
+#                anyway when BASE_IMAGE is Debian bookworm and neither present nor pullable; for any
+#                other base (the CUDA image's nvidia/cuda) only when asked: --make-base or MAKE_BASE=1.
 #   --no-build   test $IMAGE as it is.
+#   --prune      afterwards remove the untagged images builds leave behind (the builder stage, older
+#                builds of the image); the legacy builder's cache goes with them.
 # env:  IMAGE (flow-vocoder:cpu)   DOCKERFILE (docker/Dockerfile)   BASE_IMAGE (the Dockerfile's default)
-#       WHEELHOUSE   directory whose torch wheels are linked into .whl/ for the build
-#                    (default: pip's find-links, e.g. /opt/wheels; none: use the index)
+#       LOCAL_BASE (flow-vocoder/base:bookworm)   MAKE_BASE=1 (as --make-base)
+#       WHEELHOUSE   directory whose torch wheels are linked into .whl/ for the build and removed
+#                    after it (default: pip's find-links, e.g. /opt/wheels; none: use the index)
 #       BUILD_ARGS / RUN_ARGS   extra `docker build` / `docker run` arguments, e.g. RUN_ARGS="--gpus all"
 #       CLIP (a short LJSpeech clip in ../shared/data/speech)   READY_TIMEOUT (seconds, 300)
 set -euo pipefail
@@ -20,14 +25,16 @@ DOCKERFILE=${DOCKERFILE:-docker/Dockerfile}
 BASE_IMAGE=${BASE_IMAGE:-$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/$DOCKERFILE")}
 CLIP=${CLIP:-$ROOT/../shared/data/speech/ljspeech/LJ001-0002.flac}
 READY_TIMEOUT=${READY_TIMEOUT:-300}
+LOCAL_BASE=${LOCAL_BASE:-flow-vocoder/base:bookworm}
 HOP=256
 SAMPLE_RATE=22050
 
-make_base=0 build=1
+make_base=${MAKE_BASE:-0} build=1 prune=0
 for arg in "$@"; do
   case "$arg" in
     --make-base) make_base=1 ;;
     --no-build) build=0 ;;
+    --prune) prune=1 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "smoke-test: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -41,13 +48,27 @@ seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; 
 for tool in docker curl python3; do
   command -v "$tool" >/dev/null || fail "$tool not found"
 done
-docker info >/dev/null 2>&1 || fail "no Docker engine (docker info failed)"
+if ! engine_error=$(docker info 2>&1 >/dev/null); then
+  say "docker info: $(tail -n 1 <<<"$engine_error")"
+  # Containers and WSL often run without systemd, where `systemctl start docker` does not work.
+  fail "no Docker engine; start it with 'sudo systemctl start docker', or without systemd 'sudo service docker start' or 'sudo dockerd >/var/log/dockerd.log 2>&1 &'"
+fi
 [ -f "$CLIP" ] || fail "clip not found: $CLIP (set CLIP)"
 
 WORK=$(mktemp -d /tmp/vocoder-smoke.XXXXXX)
 cid=""
+added_wheels=()
 cleanup() {
   if [ -n "$cid" ]; then docker rm -f "$cid" >/dev/null 2>&1 || true; fi
+  # A copied torch wheel is ~200 MB (CUDA's: GBs) that only the build needed.
+  if [ ${#added_wheels[@]} -gt 0 ]; then
+    rm -f "${added_wheels[@]}"
+    rmdir "$ROOT/.whl" 2>/dev/null || true
+  fi
+  if [ "$prune" = 1 ]; then
+    docker image prune -f --filter label=flow-vocoder.stage=builder >/dev/null || true
+    docker image prune -f --filter label=org.opencontainers.image.title=flow-vocoder >/dev/null || true
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -57,20 +78,34 @@ trap 'exit 130' INT TERM
 if [ "$build" = 1 ]; then
   if [ "$make_base" = 0 ] && ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     say "base image $BASE_IMAGE not present; trying docker pull"
-    timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1 || make_base=1
+    if ! timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
+      # A Debian base stands in for Debian unasked; for anything else (nvidia/cuda) it would
+      # quietly build a different image than the one named, so only when asked.
+      case "$BASE_IMAGE" in
+        debian:bookworm*|"$LOCAL_BASE") make_base=1 ;;
+        *) fail "cannot pull $BASE_IMAGE; to build on the home-made Debian base $LOCAL_BASE instead, set MAKE_BASE=1 (or pass --make-base)" ;;
+      esac
+    fi
   fi
   if [ "$make_base" = 1 ]; then
-    say "building base image $BASE_IMAGE with docker/make-base-image.sh"
-    bash "$ROOT/docker/make-base-image.sh" "$BASE_IMAGE"
+    if ! docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
+      say "making base image $LOCAL_BASE with docker/make-base-image.sh"
+      bash "$ROOT/docker/make-base-image.sh" "$LOCAL_BASE"
+    fi
+    say "base image $LOCAL_BASE (home-made Debian bookworm) in place of $BASE_IMAGE"
+    BASE_IMAGE=$LOCAL_BASE
   fi
 
   wheelhouse=${WHEELHOUSE-${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}}
   if [ -n "$wheelhouse" ] && [ "$wheelhouse" != none ] && compgen -G "$wheelhouse/torch-*.whl" >/dev/null; then
     mkdir -p "$ROOT/.whl"
     for wheel in "$wheelhouse"/torch-*.whl; do
-      [ -e "$ROOT/.whl/${wheel##*/}" ] || ln "$wheel" "$ROOT/.whl/" 2>/dev/null || cp "$wheel" "$ROOT/.whl/"
+      target=$ROOT/.whl/${wheel##*/}
+      [ -e "$target" ] && continue
+      ln "$wheel" "$target" 2>/dev/null || cp "$wheel" "$target"
+      added_wheels+=("$target")
     done
-    say "torch wheels from $wheelhouse linked into .whl/ (the build's wheelhouse)"
+    say "torch wheels from $wheelhouse linked into .whl/ (the build's wheelhouse; removed at exit)"
   fi
 
   say "building $IMAGE from $DOCKERFILE (BASE_IMAGE=$BASE_IMAGE; log: $WORK/build.log)"

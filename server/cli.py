@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from starlette.types import ASGIApp
+from uvicorn.main import STARTUP_FAILURE
 
 from server.app import create_app
 from server.service import load_model, load_text
@@ -50,9 +54,33 @@ def main(argv: list[str] | None = None) -> int:
     except (VocoderError, OSError) as error:
         print(f"vocoder serve: error: {error}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings, model, text_frontend), host=settings.host, port=settings.port,
-                log_level=settings.log_level)
-    return 0
+    return serve_until_stopped(create_app(settings, model, text_frontend), settings)
+
+
+def serve_until_stopped(app: ASGIApp, settings: Settings) -> int:
+    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully; the exit status: 0 after a
+    graceful shutdown, uvicorn's startup-failure status when it never started serving.
+
+    uvicorn re-raises the stopping signal once its shutdown is done, so that the process dies of it.
+    As PID 1 the kernel ignores that, but under an init (`docker run --init`, compose `init: true`,
+    tini) the process is killed and the container exits 143 after a clean stop. Our own handlers are
+    the ones uvicorn restores and re-raises to, so the re-raise lands here and the exit stays 0.
+    """
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_level=settings.log_level))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # Also reached by a signal that comes before uvicorn installs its own handlers: the server
+        # then stops right after starting instead of ignoring it.
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

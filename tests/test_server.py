@@ -562,9 +562,10 @@ def test_cli_options_override_environment(monkeypatch, model):
     monkeypatch.setenv("VOCODER_PORT", "9999")
     monkeypatch.setenv("VOCODER_MAX_WAIT_MS", "2")
     monkeypatch.setattr(server.cli, "load_model", lambda settings: model)
-    monkeypatch.setattr(server.cli.uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
+    monkeypatch.setattr(server.cli, "serve_until_stopped",
+                        lambda app, settings: calls.update(app=app, settings=settings) or 0)
     assert server.cli.main(["--port", "8123", "--host", "127.0.0.1"]) == 0
-    assert calls["port"] == 8123 and calls["host"] == "127.0.0.1"
+    assert calls["settings"].port == 8123 and calls["settings"].host == "127.0.0.1"
     assert calls["app"].state.service.settings.max_wait_ms == 2
 
 

@@ -83,7 +83,7 @@ def test_a_front_end_with_another_mel_config_stops_the_start(model, tmp_path):
 
 def test_cli_fails_at_once_on_a_bad_or_mismatched_tts_checkpoint(monkeypatch, capsys, model, tmp_path):
     monkeypatch.setattr(server.cli, "load_model", lambda settings: model)
-    monkeypatch.setattr(server.cli.uvicorn, "run", lambda app, **kwargs: pytest.fail("must not serve"))
+    monkeypatch.setattr(server.cli, "serve_until_stopped", lambda app, settings: pytest.fail("must not serve"))
     assert server.cli.main(["--tts-checkpoint", str(tmp_path / "missing")]) == 2
     path = save_tiny_tts(tmp_path / "tts", MelConfig(fmax=7600.0))
     assert server.cli.main(["--tts-checkpoint", str(path)]) == 2
