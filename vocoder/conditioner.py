@@ -193,3 +193,62 @@ class GatedConditioner(nn.Module):
         for layer in self.in_layers:
             convs += [layer.depthwise, layer.pointwise] if isinstance(layer, DepthwiseSeparableConv) else [layer]
         return convs
+
+
+class SymmetricConditioner(nn.Module):
+    """A conditioner whose coupling is odd in the audio: shift(-x) = -shift(x) and
+    log_scale(-x) = log_scale(x), for `(B, n_half, G)` and conditioning `(B, C_cond, G)`.
+
+    With every coupling so and linear layers around them, the flow is odd, so p(x | mel) =
+    p(-x | mel): a sample's mean is zero and z = 0 decodes to silence. A fixed-grid flow's
+    deterministic part repeats with the group grid (a buzz at sample_rate / n_group); this
+    leaves it none. The audio path has no biases and only odd activations (tanh); the
+    conditioning enters through sigmoid gates, and the log-scale reads |skip|, which is even.
+    """
+
+    def __init__(self, n_half: int, cond_channels: int, config: FlowConfig) -> None:
+        super().__init__()
+        channels, layers = config.n_channels, config.n_layers
+        self.n_channels = channels
+        self.n_layers = layers
+        self.start = nn.Conv1d(n_half, channels, 1, bias=False)
+        self.cond_layer = nn.Conv1d(cond_channels, channels * layers, 1)
+        self.in_layers = nn.ModuleList()
+        self.res_skip_layers = nn.ModuleList()
+        for i in range(layers):
+            layer = DepthwiseSeparableConv(channels, channels, config.kernel_size, config.dilation(i))
+            layer.depthwise.bias = layer.pointwise.bias = None
+            self.in_layers.append(layer)
+            self.res_skip_layers.append(nn.Conv1d(channels, 2 * channels if i < layers - 1 else channels, 1,
+                                                  bias=False))
+        # Zero last layers make every coupling start as the identity.
+        self.end_shift = nn.Conv1d(channels, n_half, 1, bias=False)
+        self.end_log_scale = nn.Conv1d(channels, n_half, 1)
+        for end in (self.end_shift, self.end_log_scale):
+            nn.init.zeros_(end.weight)
+        nn.init.zeros_(self.end_log_scale.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        c = self.n_channels
+        hidden = self.start(x)
+        if mask is not None:
+            hidden = hidden * mask
+        gates = torch.sigmoid(self.cond_layer(cond))
+        skip = None
+        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+            acts = torch.tanh(in_layer(hidden)) * gates[:, c * i: c * (i + 1)]
+            res_skip = res_skip_layer(acts)
+            if i < self.n_layers - 1:
+                hidden = hidden + res_skip[:, :c]
+                if mask is not None:
+                    hidden = hidden * mask
+                res_skip = res_skip[:, c:]
+            skip = res_skip if skip is None else skip + res_skip
+        return torch.cat([self.end_shift(skip), self.end_log_scale(skip.abs())], dim=1)
+
+    def weight_normed_convs(self) -> list[nn.Conv1d]:
+        """The convolutions that train under weight normalisation (all but the ends)."""
+        convs = [self.start, self.cond_layer, *self.res_skip_layers]
+        for layer in self.in_layers:
+            convs += [layer.depthwise, layer.pointwise]
+        return convs

@@ -32,7 +32,8 @@ class FlowConfig(DictConfig):
     all-pole filter of order `lpc_order` and a gain before the flow (vocoder/source_filter.py);
     `gain_channels` sizes the network that corrects the gain. With `pitch_harmonics` > 0 the
     couplings also see the sin and cos of that many harmonics of the F0 phase at audio rate
-    (vocoder/pitch.py), projected once to `pitch_channels` channels.
+    (vocoder/pitch.py), projected once to `pitch_channels` channels. `symmetric` makes every
+    coupling odd in the audio (vocoder/conditioner.py), so p(x | mel) = p(-x | mel).
     """
 
     config_label = "flow"
@@ -54,6 +55,7 @@ class FlowConfig(DictConfig):
     gain_channels: int = 64
     pitch_harmonics: int = 0
     pitch_channels: int = 32
+    symmetric: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,6 +79,8 @@ class FlowConfig(DictConfig):
             problems.append(f"lpc_order is for the source-filter family, not {self.family!r}")
         if self.pitch_harmonics and self.family != "source-filter":
             problems.append(f"pitch_harmonics is for the source-filter family, not {self.family!r}")
+        if self.symmetric and self.family == "waveglow":
+            problems.append("symmetric is for the efficient and source-filter families")
         if self.shift_groups and self.family == "waveglow":
             problems.append("shift_groups is for the efficient and source-filter families")
         if problems:

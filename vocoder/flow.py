@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrizations, parametrize
 
-from vocoder.conditioner import GatedConditioner
+from vocoder.conditioner import GatedConditioner, SymmetricConditioner
 from vocoder.config import FlowConfig
 from vocoder.errors import MelError, VocoderError
 from vocoder.mel import MelConfig
@@ -127,7 +127,8 @@ class WaveFlow(nn.Module):
         for step in range(config.n_flows):
             channels = config.remaining_channels(step)
             self.convinv.append(Invertible1x1Conv(channels))
-            self.WN.append(GatedConditioner(channels // 2, cond_channels, config))
+            conditioner = SymmetricConditioner if config.symmetric else GatedConditioner
+            self.WN.append(conditioner(channels // 2, cond_channels, config))
 
     # -- shapes ---------------------------------------------------------------------------
     def squeeze(self, audio: torch.Tensor) -> torch.Tensor:
