@@ -32,8 +32,7 @@ def tiny_vocoder(name: str) -> Vocoder:
     mel = MelConfig(n_mels=config.n_mels, hop_length=config.hop_length, n_fft=64, win_length=64,
                     sample_rate=8000, fmax=4000)
     model = Vocoder.from_config(config, mel, seed=0)
-    for conditioner in model.flow.WN:
-        torch.nn.init.normal_(conditioner.end.weight, std=0.02)
+    randomise_end_layers(model.flow, std=0.02)
     return model.eval()
 
 
@@ -224,11 +223,25 @@ def test_bundled_model_edits_end_to_end(speech):
     latent = editing.encode(model, audio)
     assert np.abs(editing.decode(model, latent) - audio).max() <= 1e-3
     for semitones in (-7, -3, 3, 7):
-        shifted = editing.decode(model, editing.pitch(latent, semitones))
+        shifted = editing.edit_and_decode(model, latent, semitones=semitones)
         measured = semitones_between(reference, f0_track(shifted, config.sample_rate, EDITED_F0_RANGE_HZ))
         assert abs(measured - semitones) <= PITCH_TOLERANCE, f"asked {semitones:+} st, measured {measured:+.2f}"
     for rate in (0.8, 1.25):
-        faster = editing.decode(model, editing.speed(latent, rate))
+        faster = editing.edit_and_decode(model, latent, rate=rate)
         assert abs(faster.size - audio.size / rate) <= model.hop_length
         measured = semitones_between(reference, f0_track(faster, config.sample_rate, EDITED_F0_RANGE_HZ), rate)
         assert abs(measured) <= SPEED_PITCH_TOLERANCE, f"speed {rate} moved the pitch by {measured:+.2f} st"
+
+
+def test_pitch_conditioned_models_redraw_a_recordings_latent_to_edit_it():
+    model = tiny_vocoder("source-filter")
+    latent = editing.encode(model, noise_clip(1600))
+    assert latent.encoded and not editing.redraw(latent).encoded
+    edited = editing.edit_and_decode(model, latent, semitones=3)
+    expected = editing.decode(model, editing.pitch(editing.redraw(latent, editing.EDIT_SIGMA, seed=0), 3))
+    assert np.array_equal(edited, expected)
+    assert np.abs(editing.edit_and_decode(model, latent) - editing.decode(model, latent)).max() == 0
+    plain = tiny_vocoder("efficient")
+    plain_latent = editing.encode(plain, noise_clip(1600))
+    assert np.array_equal(editing.edit_and_decode(plain, plain_latent, semitones=3),
+                          editing.decode(plain, editing.pitch(plain_latent, 3)))

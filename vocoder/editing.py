@@ -28,6 +28,7 @@ class Latent:
       exactly; a drawn latent holds `sigma * N(0, 1)`, its temperature baked in.
       Column block `[t * groups_per_frame, (t + 1) * groups_per_frame)` belongs to frame t.
     - `length`: the samples `decode` returns, at most `T * hop`.
+    - `encoded`: `z` is a recording's own latent (from `encode`), not drawn noise.
     All tensors are float32 on the CPU.
     """
 
@@ -35,6 +36,7 @@ class Latent:
     z: torch.Tensor
     length: int
     config: MelConfig
+    encoded: bool = False
 
     def __post_init__(self) -> None:
         if self.mel.dim() != 3 or self.mel.shape[0] != 1 or self.mel.shape[1] != self.config.n_mels:
@@ -52,6 +54,11 @@ class Latent:
     @property
     def groups_per_frame(self) -> int:
         return self.z.shape[2] // self.frames
+
+
+# The temperature of the noise that replaces a recording's latent when a pitch-conditioned
+# model edits it (the default temperature of synthesis).
+EDIT_SIGMA = 0.6
 
 
 def _check_sigma(sigma: float) -> float:
@@ -85,7 +92,7 @@ def encode(model: Vocoder, audio: np.ndarray | torch.Tensor) -> Latent:
     mel = model.mel_spectrogram(audio)
     padded = F.pad(audio, (0, mel.shape[2] * config.hop_length - length)).to(model.device)
     z, _ = model.flow(padded, mel)
-    return Latent(mel.float().cpu(), z.float().cpu(), length, config)
+    return Latent(mel.float().cpu(), z.float().cpu(), length, config, encoded=True)
 
 
 def from_mel(model: Vocoder, mel: np.ndarray | torch.Tensor, sigma: float = 0.6, seed: int | None = None) -> Latent:
@@ -130,7 +137,8 @@ def speed(latent: Latent, rate: float) -> Latent:
     source, length = frame_map(latent.frames, latent.length, rate, latent.config.hop_length)
     per_frame = latent.groups_per_frame
     columns = (torch.from_numpy(source)[:, None] * per_frame + torch.arange(per_frame)).reshape(-1)
-    return Latent(latent.mel[:, :, torch.from_numpy(source)], latent.z[:, :, columns], length, latent.config)
+    return Latent(latent.mel[:, :, torch.from_numpy(source)], latent.z[:, :, columns], length, latent.config,
+                  latent.encoded)
 
 
 def pitch(latent: Latent, semitones: float) -> Latent:
@@ -143,13 +151,20 @@ def pitch(latent: Latent, semitones: float) -> Latent:
     """
     check_pitch(semitones)
     mel = shift_pitch(latent.mel[0].numpy(), semitones, latent.config)
-    return Latent(torch.from_numpy(mel)[None], latent.z, latent.length, latent.config)
+    return Latent(torch.from_numpy(mel)[None], latent.z, latent.length, latent.config, latent.encoded)
 
 
 def edit_and_decode(model: Vocoder, latent: Latent, semitones: float = 0.0, rate: float = 1.0,
                     denoise: float = 0.0) -> np.ndarray:
     """Pitch shift, then speed change, then decode (and optionally denoise): the steps that
-    `vocoder edit` and the service's /v1/edit share. Returns float32 audio `(L,)`."""
+    `vocoder edit` and the service's /v1/edit share. Returns float32 audio `(L,)`.
+
+    A pitch-conditioned model (the source-filter family) builds its voiced excitation from
+    the mel's F0, but a recording's own latent still carries that recording's glottal pulses,
+    at their old rate and times: an edit of such a latent redraws z (σ `EDIT_SIGMA`, seed 0).
+    """
+    if model.flow.pitch is not None and latent.encoded and (semitones or rate != 1.0):
+        latent = redraw(latent, EDIT_SIGMA, seed=0)
     if semitones:  # a 0 st shift returns the mel unchanged; skip its cost
         latent = pitch(latent, semitones)
     audio = decode(model, speed(latent, rate))
