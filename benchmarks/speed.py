@@ -33,7 +33,7 @@ from vocoder.nvidia import load_nvidia_waveglow
 # Small models first: on this VM a process that starts right after another freed gigabytes
 # runs ~1.5x slower while the host hands the memory back (measured: `efficient` 25-37x
 # real time right after `waveglow`, 51-57x otherwise).
-PRESET_NAMES = ("efficient", "efficient-small", "waveglow")
+PRESET_NAMES = ("efficient", "efficient-small", "source-filter", "waveglow")
 NVIDIA_PACKAGE = "waveglow==22.12.28"
 MAX_ROUNDS = 200
 
