@@ -95,7 +95,8 @@ def measure(model: Vocoder, clips: list[np.ndarray], sigma: float, seed: int) ->
             source, length = frame_map(latent.frames, latent.length, r, config.hop_length)
             outputs = {
                 "gl": griffin_lim_from_mel(mel[:, source], config, length=length),
-                "model": editing.decode(model, editing.speed(latent, r)),
+                # What `vocoder edit` does (a pitch-conditioned model redraws z; see editing.edit_and_decode).
+                "model": editing.edit_and_decode(model, latent, rate=r),
             }
             for path, out in outputs.items():
                 speed_cells[r, f"{path}_length"].values.append(out.size / audio.size)
