@@ -50,7 +50,8 @@ def load_text(settings: Settings, model: Vocoder) -> TextFrontend:
     """The configured text-to-mel checkpoint, the bundled one, or (loudly) the espeak-ng fallback,
     which analyses its speech with the vocoder's own mel config; `EspeakError` if that is missing."""
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
+        # The service logs its own line about the fallback (`_start_text`); once is enough.
+        warnings.filterwarnings("ignore", message="no trained text-to-mel checkpoint")
         frontend = load_text_frontend(settings.tts_checkpoint, model.device, mel_config=model.mel.config)
     check_text_frontend(frontend, model)
     return frontend

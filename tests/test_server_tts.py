@@ -12,6 +12,7 @@ import soundfile
 from fastapi.testclient import TestClient
 
 import server.cli
+import server.service
 from server.app import create_app
 from server.settings import Settings
 from test_server import (HOP, assert_error, assert_matches_pcm, client, make_client, model,  # noqa: F401 (fixtures)
@@ -56,6 +57,13 @@ def test_models_names_the_espeak_fallback_and_text_limits(client):
     assert "NOT a trained" in frontend["description"]
     assert info["limits"]["max_text_chars"] == 4096
     assert info["limits"]["noise_scale"] == {"min": 0.0, "max": 2.0, "default": 0.667}
+
+
+def test_the_espeak_fallback_is_announced_once(model, recwarn):
+    frontend = server.service.load_text(Settings(), model)
+    assert not frontend.trained
+    # The service logs "NO TRAINED TEXT-TO-MEL MODEL" itself; the library's warning is not repeated.
+    assert not [w for w in recwarn if "text-to-mel" in str(w.message)]
 
 
 def test_a_trained_checkpoint_is_served_and_described(model, tmp_path):
