@@ -28,6 +28,12 @@ COLUMNS = (
 )
 
 
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) >= 0.01 else "0"
+
+
 def start_time(log_file: Path, first_record: float) -> float:
     """Epoch seconds of the log's first `HH:MM:SS` stamp, on the date of the first record."""
     match = re.search(r"^(\d\d):(\d\d):(\d\d) ", log_file.read_text(errors="replace"), re.MULTILINE)
@@ -53,36 +59,37 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, required=True, help="where to write the PNG")
     args = parser.parse_args()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    rows, reference = [], None
+    rows, reference, nlls = [], None, []
     for spec in args.arm:
-        label, _, paths = spec.partition("=")
+        label, _, paths = spec.rpartition("=")
         run_dir, log_file, eval_dir = (Path(p) for p in paths.split(","))
         val, last_step = curves(run_dir, log_file)
         minutes = [r["minutes"] for r in val]
         axes[0].plot(minutes, [r["nll"] for r in val], marker=".", label=label)
+        nlls += [r["nll"] for r in val]
         axes[1].plot(minutes, [r["mel_l1"] for r in val], marker=".", label=label)
         results = json.loads((eval_dir / "results.json").read_text())
         means = results["means"]
         reference = reference or means
         scores = [f"{val[-1]['nll']:.3f}" if val else "–"]
-        for _, key in COLUMNS[1:]:
-            value = means["model"].get(key)
-            scores.append("–" if value is None else f"{value:.3g}")
+        scores += [_cell(means["model"].get(key)) for _, key in COLUMNS[1:]]
         rows.append(f"| {label} | {last_step} | {val[-1]['minutes']:.0f} | " + " | ".join(scores) + " |")
     for system in ("ground_truth", "griffin_lim"):
-        cells = ["–"] + ["–" if reference[system].get(key) is None else f"{reference[system][key]:.3g}"
-                         for _, key in COLUMNS[1:]]
+        cells = ["–"] + [_cell(reference[system].get(key)) for _, key in COLUMNS[1:]]
         rows.append(f"| {system.replace('_', ' ')} | | | " + " | ".join(cells) + " |")
     for axis, title in zip(axes, ("validation NLL (nats/sample)", "validation copy-synthesis log-mel L1")):
         axis.set_xlabel("wall-clock minutes (one CPU thread each)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[1].set_yscale("log")
+    # One diverged validation point would flatten every curve: keep the bulk in view.
+    low, high = min(nlls), sorted(nlls)[int(0.98 * (len(nlls) - 1))]
+    axes[0].set_ylim(low - 0.2, high + 0.2)
     axes[0].legend()
     figure.tight_layout()
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.plot, dpi=110)
-    print("| arm | steps | minutes | " + " | ".join(name for name, _ in COLUMNS) + " |")
+    print("| arm | steps | minutes at last val | " + " | ".join(name for name, _ in COLUMNS) + " |")
     print("|---|---:|---:|" + "---:|" * len(COLUMNS))
     print("\n".join(rows))
 
