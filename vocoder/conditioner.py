@@ -7,6 +7,8 @@ leaks into valid positions of a batched input.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,6 +32,27 @@ class DepthwiseSeparableConv(nn.Module):
 
 def gated_activation(x: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.tanh(x[:, :channels]) * torch.sigmoid(x[:, channels:])
+
+
+def residual_skip_stack(hidden: torch.Tensor, mask: torch.Tensor | None, in_layers: nn.ModuleList,
+                        res_skip_layers: nn.ModuleList,
+                        activation: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """WaveNet's stack from the first hidden state `(B, C, G)` to the sum of the skip outputs:
+    layer i's `activation(i, in_layer(hidden))` feeds a residual (all but the last layer) and a
+    skip output; hidden states are re-masked after every residual update."""
+    channels = hidden.shape[1]
+    if mask is not None:
+        hidden = hidden * mask
+    skip = None
+    for i, (in_layer, res_skip_layer) in enumerate(zip(in_layers, res_skip_layers)):
+        res_skip = res_skip_layer(activation(i, in_layer(hidden)))
+        if i < len(in_layers) - 1:
+            hidden = hidden + res_skip[:, :channels]
+            if mask is not None:
+                hidden = hidden * mask
+            res_skip = res_skip[:, channels:]
+        skip = res_skip if skip is None else skip + res_skip
+    return skip
 
 
 def _matmul_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -97,20 +120,9 @@ class GatedConditioner(nn.Module):
         if not torch.is_grad_enabled():
             return self._forward_inference(x, cond, mask)
         c = self.n_channels
-        hidden = self.start(x)
-        if mask is not None:
-            hidden = hidden * mask
         cond = self.cond_layer(cond)
-        skip = None
-        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
-            acts = gated_activation(in_layer(hidden) + cond[:, 2 * c * i: 2 * c * (i + 1)], c)
-            res_skip = res_skip_layer(acts)
-            if i < self.n_layers - 1:
-                hidden = hidden + res_skip[:, :c]
-                if mask is not None:
-                    hidden = hidden * mask
-                res_skip = res_skip[:, c:]
-            skip = res_skip if skip is None else skip + res_skip
+        skip = residual_skip_stack(self.start(x), mask, self.in_layers, self.res_skip_layers, lambda i, layer_out:
+                                   gated_activation(layer_out + cond[:, 2 * c * i: 2 * c * (i + 1)], c))
         return self.end(skip)
 
     def _forward_inference(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -230,20 +242,9 @@ class SymmetricConditioner(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         c = self.n_channels
-        hidden = self.start(x)
-        if mask is not None:
-            hidden = hidden * mask
         gates = torch.sigmoid(self.cond_layer(cond))
-        skip = None
-        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
-            acts = torch.tanh(in_layer(hidden)) * gates[:, c * i: c * (i + 1)]
-            res_skip = res_skip_layer(acts)
-            if i < self.n_layers - 1:
-                hidden = hidden + res_skip[:, :c]
-                if mask is not None:
-                    hidden = hidden * mask
-                res_skip = res_skip[:, c:]
-            skip = res_skip if skip is None else skip + res_skip
+        skip = residual_skip_stack(self.start(x), mask, self.in_layers, self.res_skip_layers, lambda i, layer_out:
+                                   torch.tanh(layer_out) * gates[:, c * i: c * (i + 1)])
         return torch.cat([self.end_shift(skip), self.end_log_scale(skip.abs())], dim=1)
 
     def weight_normed_convs(self) -> list[nn.Conv1d]:
