@@ -81,7 +81,7 @@ def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSp
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            cents, vuv = 0.9 * cents + 0.1 * float(cents_t), 0.9 * vuv + 0.1 * float(vuv_t)
+            cents, vuv = 0.9 * cents + 0.1 * float(cents_t.detach()), 0.9 * vuv + 0.1 * float(vuv_t)
             if step % 50 == 0:
                 bar.set_postfix(cents=f"{cents:.0f}", vuv=f"{vuv:.3f}")
     predictor.requires_grad_(False)
