@@ -1,0 +1,42 @@
+"""The pitch predictor learns F0 and voicing from pYIN labels of the training clips."""
+import numpy as np
+import soundfile
+import torch
+
+from training.data import AudioStore, Clip
+from training.pitch_fit import fit_pitch_predictor
+from vocoder.mel import MelConfig, MelSpectrogram
+from vocoder.pitch import PitchPredictor
+
+RATE = 22050
+
+
+def _voice(f0: float, seconds: float = 1.5) -> np.ndarray:
+    """A buzzy vowel-like tone (10 harmonics, falling amplitudes) with a silent gap in the middle."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    tone = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 11))
+    tone[len(t) // 3: len(t) // 2] = 0.0
+    return (0.2 * tone).astype(np.float32)
+
+
+def test_fit_learns_the_pitch_of_each_clip_and_marks_the_predictor_fitted(tmp_path):
+    clips = []
+    for f0 in (110.0, 220.0):
+        path = tmp_path / f"tone{f0:.0f}.flac"
+        soundfile.write(path, _voice(f0), RATE)
+        clips.append(Clip(path.stem, "tones", path))
+    mel = MelSpectrogram(MelConfig())
+    predictor = PitchPredictor(mel.config.n_mels)
+    assert not predictor.fitted and not any(p.requires_grad for p in predictor.parameters())
+    torch.manual_seed(0)
+    fit_pitch_predictor(predictor, AudioStore(clips, RATE, cache=True), mel, seed=0, steps=300)
+    assert predictor.fitted and not any(p.requires_grad for p in predictor.parameters())
+    for f0, clip in zip((110.0, 220.0), clips):
+        audio = torch.from_numpy(soundfile.read(clip.path, dtype="float32")[0])
+        track = predictor.track(mel(audio), mel.config.hop_length, RATE)
+        frames = track.f0.shape[1]
+        voiced = slice(5, frames // 3 - 3)  # well inside the first tone
+        cents = 1200 * np.log2(track.f0[0, voiced].numpy() / f0)
+        assert np.median(np.abs(cents)) < 100, f"{f0} Hz predicted {np.median(track.f0[0, voiced].numpy()):.0f} Hz"
+        assert track.voicing[0, voiced].mean() > 0.7
+        assert track.voicing[0, frames // 3 + 4: frames // 2 - 4].mean() < 0.3  # the silent gap
