@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from training.config import config_from_dict
 from training.state import STATE_TENSORS, find_resume_dir, step_dirs
+from training.pitch_fit import fit_pitch_predictor
 from training.trainer import Trainer, resolve_model
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
@@ -89,3 +90,28 @@ def test_sigterm_checkpoints_then_resume_finishes(tmp_path, speech_dir, tiny_rec
                             capture_output=True, text=True, env=env, timeout=60)
     assert finish.returncode == 0, finish.stderr
     assert max(losses(tmp_path / "run")) == step + 2
+
+
+def test_source_filter_fits_its_pitch_predictor_once_and_resumes(tmp_path, speech_dir, tiny_recipe, monkeypatch):
+    import training.vocoder_task
+    from test_training import LJ_CLIPS, audio_filelist
+
+    fits = []
+
+    def short_fit(predictor, store, mel, seed):
+        fits.append(len(store))
+        return fit_pitch_predictor(predictor, store, mel, seed, steps=20)
+
+    monkeypatch.setattr(training.vocoder_task, "fit_pitch_predictor", short_fit)
+    out = tmp_path / "run"
+    raw = {**recipe(tiny_recipe, speech_dir, out),
+           "data": {"paths": [str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))], "val_clips": 1},
+           "model": {**tiny_recipe["model"], "family": "source-filter", "shift_groups": True, "lpc_order": 8,
+                     "gain_channels": 4, "pitch_harmonics": 2, "pitch_channels": 4}}
+    result = Trainer(resolve_model(config_from_dict(raw), None)).fit(stop_at=STOP)
+    assert result.step == STOP and fits == [len(LJ_CLIPS) - 1]
+    Trainer(resolve_model(config_from_dict(raw), None), resume=find_resume_dir(out)).fit()
+    assert fits == [len(LJ_CLIPS) - 1]  # the resumed run found the predictor fitted
+    weights = load_file(str(out / f"checkpoints/step-{STOP + EXTRA:08d}/model.safetensors"))
+    assert weights["pitch.fitted"].item() == 1
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in losses(out).values())

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from training.data import AudioStore
 from training.logging_utils import log
 from vocoder.mel import MelSpectrogram
-from vocoder.pitch import F0_MAX_HZ, F0_MIN_HZ, PitchPredictor
+from vocoder.pitch import F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ, PitchPredictor
 
 FIT_STEPS = 800
 FIT_WINDOW_FRAMES = 128
@@ -22,10 +22,11 @@ FIT_BATCH = 16
 FIT_LR = 2e-3
 
 
-def pyin_labels(audio: np.ndarray, sample_rate: int, hop: int, frame_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """pYIN F0 (Hz, 0 where unvoiced) and voicing `(L // hop + 1,)`, framed like the mel."""
+def pyin_labels(audio: np.ndarray, sample_rate: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """pYIN F0 (Hz, 0 where unvoiced) and voicing `(L // hop + 1,)`, centred on the mel's frames,
+    over the evaluation's 64 ms analysis window (long enough for the lowest F0 searched)."""
     f0, voiced, _ = librosa.pyin(audio, fmin=F0_MIN_HZ, fmax=F0_MAX_HZ, sr=sample_rate,
-                                 frame_length=frame_length, hop_length=hop, center=True)
+                                 frame_length=round(F0_FRAME_SECONDS * sample_rate), hop_length=hop, center=True)
     return np.where(voiced, np.nan_to_num(f0), 0.0).astype(np.float32), voiced.astype(np.float32)
 
 
@@ -65,7 +66,7 @@ def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSp
     examples = []
     for index in tqdm(range(len(store)), desc="pYIN labels", unit="clip"):
         audio = store.load(index)
-        f0, voiced = pyin_labels(audio, config.sample_rate, config.hop_length, config.n_fft)
+        f0, voiced = pyin_labels(audio, config.sample_rate, config.hop_length)
         with torch.no_grad():
             clip_mel = mel(torch.from_numpy(audio).to(device))[0]
         frames = min(clip_mel.shape[1], len(f0))

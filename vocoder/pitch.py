@@ -17,6 +17,8 @@ from vocoder.mel import hold_last_frame
 # The speaking-pitch range searched by pYIN, for labels and for evaluation alike.
 F0_MIN_HZ = 65.0
 F0_MAX_HZ = 400.0
+# pYIN's analysis window, for labels and for evaluation alike.
+F0_FRAME_SECONDS = 0.064
 # The network predicts log F0 around this centre.
 F0_CENTRE_HZ = 160.0
 

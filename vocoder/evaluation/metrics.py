@@ -13,7 +13,7 @@ from speechmos import dnsmos as dnsmos_backend
 
 from vocoder.audio import resample
 from vocoder.mel import MelSpectrogram
-from vocoder.pitch import F0_MAX_HZ, F0_MIN_HZ
+from vocoder.pitch import F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ
 
 PESQ_RATE = 16000
 DNSMOS_RATE = 16000
@@ -26,7 +26,6 @@ STFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = (
 """`(n_fft, hop_length, win_length)` in samples for `multi_resolution_stft_distance`;
 at 22050 Hz the windows span about 23, 46 and 93 ms."""
 
-F0_FRAME_SECONDS = 0.064
 F0_HOP_SECONDS = 0.010
 EDITED_F0_RANGE_HZ = (50.0, 800.0)
 """pYIN search range for pitch-edited speech: wide enough for speaking pitch shifted by +12 st."""
