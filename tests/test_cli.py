@@ -67,6 +67,15 @@ def test_wrong_mel_bands_one_line(tmp_path, checkpoint, capsys):
     assert "mel has 40 bands, model expects 80" in capsys.readouterr().err
 
 
+def test_a_db_mel_is_refused_in_one_line(tmp_path, checkpoint, capsys):
+    np.save(tmp_path / "db.npy", np.linspace(-80.0, 0.0, 800, dtype=np.float32).reshape(80, 10))
+    assert main(["synth", str(tmp_path / "db.npy"), "-o", str(tmp_path / "x.wav"),
+                 "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "natural log of a magnitude mel" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_console_script_runs_as_module():
     result = subprocess.run([sys.executable, "-m", "vocoder", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "resynth" in result.stdout
