@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.errors import APIError
 from server.formats import SAMPLE_RATE_RANGE
-from vocoder.inference import mel_range_message
+from vocoder.inference import MAX_SEED, mel_range_message
 from vocoder.mel import MelConfig
 from vocoder.mel_edit import PITCH_RANGE, SPEED_RANGE
 
@@ -21,7 +21,6 @@ DEFAULT_SIGMA = 0.6
 DENOISE_RANGE = (0.0, 1.0)
 NOISE_SCALE_RANGE = (0.0, 2.0)
 DEFAULT_NOISE_SCALE = 0.667
-MAX_SEED = 2**63 - 1
 
 # A small valid 80-band mel (8 frames, loud low bands fading to quiet high ones) for the docs.
 EXAMPLE_MEL = [[round(-4.0 - 5.0 * band / 79, 2)] * 8 for band in range(80)]

@@ -95,3 +95,62 @@ def test_export_fp16_checkpoint_loads(tmp_path, checkpoint):
     exported = Vocoder.from_pretrained(tmp_path / "small")
     for key, value in original.flow.state_dict().items():
         assert (exported.flow.state_dict()[key] - value).abs().max() <= 1e-3 * (1 + value.abs().max())
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("output, message", [
+    ("x.mp3", "cannot write 16-bit audio with extension '.mp3'"),
+    ("x.ogg", "cannot write 16-bit audio with extension '.ogg'"),
+    ("x.exe", "cannot write 16-bit audio with extension '.exe'"),
+    ("x", "cannot write 16-bit audio with no extension"),
+    ("missing/x.wav", "does not exist"),
+    (".", "is a directory"),
+])
+@pytest.mark.parametrize("command", ["synth", "resynth", "edit"])
+def test_unwritable_output_is_refused_before_synthesis(tmp_path, monkeypatch, capsys, command, output, message):
+    monkeypatch.setattr("vocoder.cli._load_model", lambda args: pytest.fail("the model was loaded"))
+    np.save(tmp_path / "m.npy", np.full((80, 10), -5.0, dtype=np.float32))
+    source = str(tmp_path / "m.npy") if command != "resynth" else str(speech_clip())
+    assert main([command, source, "-o", str(tmp_path / output)]) == 2
+    assert message in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("seed", [str(2**70), str(2**63), "-1"])
+@pytest.mark.parametrize("command", ["synth", "resynth", "edit"])
+def test_out_of_range_seed_is_one_line(tmp_path, capsys, command, seed):
+    np.save(tmp_path / "m.npy", np.full((80, 10), -5.0, dtype=np.float32))
+    source = str(tmp_path / "m.npy") if command != "resynth" else str(speech_clip())
+    assert main([command, source, "-o", str(tmp_path / "x.wav"), "--seed", seed]) == 2
+    assert f"seed must be within 0-{2**63 - 1}" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("array, message", [
+    (None, "not a readable .npy mel"),  # a zero-byte file
+    (np.zeros((0,), dtype=np.float32), "mel must have shape"),
+    (np.zeros((80, 0), dtype=np.float32), "mel has no frames"),
+    (np.zeros((0, 80, 10), dtype=np.float32), "mel batch is empty"),
+    (np.array(["a", "b"]), "expected a numeric mel array"),
+])
+@pytest.mark.parametrize("command", ["synth", "edit"])
+def test_empty_or_non_numeric_npy_is_one_line(tmp_path, checkpoint, capsys, command, array, message):
+    path = tmp_path / "m.npy"
+    if array is None:
+        path.write_bytes(b"")
+    else:
+        np.save(path, array)
+    assert main([command, str(path), "-o", str(tmp_path / "x.wav"), "--checkpoint", str(checkpoint)]) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.parametrize("command", ["synth", "edit"])
+def test_denoising_a_one_frame_mel_is_one_line(tmp_path, checkpoint, capsys, command):
+    np.save(tmp_path / "m.npy", np.full((80, 1), -5.0, dtype=np.float32))
+    assert main([command, str(tmp_path / "m.npy"), "-o", str(tmp_path / "x.wav"), "--checkpoint", str(checkpoint),
+                 "--denoise", "0.1"]) == 2
+    assert "denoising needs at least 513 samples of audio, got 256" in _one_line_error(capsys)

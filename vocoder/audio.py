@@ -46,6 +46,31 @@ def load_audio(source: str | Path | bytes | BinaryIO, sample_rate: int) -> np.nd
     return resample(audio, rate, sample_rate)
 
 
+# Every file this package writes holds 16-bit PCM; the extension picks the container.
+OUTPUT_SUBTYPE = "PCM_16"
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Refuse an output path `write_wav` could not write, so a user learns it before synthesis
+    rather than after: an existing directory, a missing parent directory, or an extension
+    that is not a libsndfile container for 16-bit PCM (.mp3 and .ogg are not)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, expected an audio file name such as out.wav")
+    if not path.parent.is_dir():
+        raise AudioError(f"{path}: directory {path.parent} does not exist")
+    container = path.suffix[1:].upper()
+    if container not in soundfile.available_formats() or not soundfile.check_format(container, OUTPUT_SUBTYPE):
+        given = f"extension {path.suffix!r}" if path.suffix else "no extension"
+        raise AudioError(f"{path}: cannot write 16-bit audio with {given}; use .wav or .flac")
+    return path
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Write mono float audio as 16-bit PCM WAV (clipped to [-1, 1])."""
-    soundfile.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    """Write mono float audio as 16-bit PCM (clipped to [-1, 1]) in the container the
+    extension names; `check_output_path` tells early whether that will work."""
+    path = check_output_path(path)
+    try:
+        soundfile.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype=OUTPUT_SUBTYPE)
+    except soundfile.LibsndfileError as error:
+        raise AudioError(f"{path}: could not write audio ({error})") from None

@@ -45,11 +45,29 @@ def _load_model(args: argparse.Namespace):
     return model
 
 
-def _check_sigma(args: argparse.Namespace) -> None:
+def _check_sampling(args: argparse.Namespace) -> None:
+    """Refuse bad options and an unwritable output before the model is loaded or run."""
+    from vocoder.audio import check_output_path
+    from vocoder.inference import check_seed
+
+    check_output_path(args.output)
+    check_seed(args.seed)
     if not 0.0 <= args.sigma <= 1.5:
         raise VocoderError(f"--sigma must be within 0-1.5, got {args.sigma}")
     if not 0.0 <= args.denoise <= 1.0:
         raise VocoderError(f"--denoise must be within 0-1, got {args.denoise}")
+
+
+def _load_mel(path: str) -> np.ndarray:
+    """A float32 array from a .npy file; its shape and values are the model's to check."""
+    try:
+        mel = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # an empty file raises EOFError
+        raise VocoderError(f"{path}: not a readable .npy mel ({error})") from None
+    try:
+        return np.asarray(mel, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise VocoderError(f"{path}: expected a numeric mel array, got dtype {mel.dtype} ({error})") from None
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -57,13 +75,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     from vocoder.audio import write_wav
 
-    _check_sigma(args)
-    try:
-        mel = np.load(args.mel, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise VocoderError(f"{args.mel}: not a readable .npy mel ({error})") from None
+    _check_sampling(args)
+    mel = _load_mel(args.mel)
     model = _load_model(args)
-    mel_tensor = model.check_mel(torch.from_numpy(np.asarray(mel, dtype=np.float32)))
+    mel_tensor = model.check_mel(torch.from_numpy(mel))
     if mel_tensor.shape[0] != 1:
         raise VocoderError(f"{args.mel}: expected one mel (n_mels, T), got a batch of {mel_tensor.shape[0]}")
     z = model.sample_latent(mel_tensor.shape[2], seed=args.seed)
@@ -76,7 +91,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_resynth(args: argparse.Namespace) -> int:
     from vocoder.audio import load_audio, write_wav
 
-    _check_sigma(args)
+    _check_sampling(args)
     model = _load_model(args)
     audio = load_audio(args.input, model.sample_rate)
     out = model.resynthesize(audio, sigma=args.sigma, seed=args.seed, denoise=args.denoise, progress=True)
@@ -90,16 +105,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from vocoder.audio import load_audio, write_wav
     from vocoder.mel_edit import check_pitch, check_speed
 
-    _check_sigma(args)
+    _check_sampling(args)
     check_pitch(args.pitch)
     check_speed(args.speed)
     model = _load_model(args)
     if Path(args.input).suffix.lower() == ".npy":
-        try:
-            mel = np.load(args.input, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise VocoderError(f"{args.input}: not a readable .npy mel ({error})") from None
-        latent = editing.from_mel(model, np.asarray(mel, dtype=np.float32), sigma=args.sigma, seed=args.seed)
+        latent = editing.from_mel(model, _load_mel(args.input), sigma=args.sigma, seed=args.seed)
     else:
         latent = editing.encode(model, load_audio(args.input, model.sample_rate))
         if args.redraw:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vocoder.errors import AudioError
+
 
 class Denoiser(nn.Module):
     """Audio `(B, L)` -> audio `(B, L)` with `strength * bias` removed from every STFT frame."""
@@ -25,6 +27,10 @@ class Denoiser(nn.Module):
     def forward(self, audio: torch.Tensor, strength: float = 0.1) -> torch.Tensor:
         if strength <= 0:
             return audio
+        if audio.shape[-1] <= self.n_fft // 2:
+            # The centred STFT reflect-pads n_fft / 2 samples, which needs more audio than that.
+            raise AudioError(f"denoising needs at least {self.n_fft // 2 + 1} samples of audio, "
+                             f"got {audio.shape[-1]}: give a longer mel or leave denoising off")
         spectrum = self._stft(audio.float())
         magnitude = torch.clamp(spectrum.abs() - strength * self.bias, min=0.0)
         cleaned = torch.polar(magnitude, spectrum.angle())

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from vocoder.errors import AudioError
-from vocoder.inference import Vocoder, as_audio_tensor
+from vocoder.inference import Vocoder, as_audio_tensor, check_seed
 from vocoder.mel import MelConfig
 from vocoder.mel_edit import EditError, check_pitch, check_speed, frame_map, shift_pitch
 
@@ -69,7 +69,7 @@ def _check_sigma(sigma: float) -> float:
 
 def _noise(shape: torch.Size | tuple[int, ...], sigma: float, seed: int | None) -> torch.Tensor:
     # Drawn on the CPU like Vocoder.sample_latent, so a seed means the same noise everywhere.
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = torch.Generator().manual_seed(seed) if check_seed(seed) is not None else None
     return _check_sigma(sigma) * torch.randn(shape, generator=generator)
 
 

@@ -24,6 +24,9 @@ from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.pretrained import default_checkpoint
 
 DEFAULT_CHUNK_FRAMES = 512
+# The largest seed of the CLI, the library and the service alike: what fits a signed 64-bit
+# integer, so a seed means the same noise in every client (torch itself also takes uint64).
+MAX_SEED = 2**63 - 1
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -45,6 +48,13 @@ def mel_range_message(smallest: float, largest: float, config: MelConfig) -> str
     return (f"mel values span {smallest:.4g} to {largest:.4g}, outside {low:.1f} to {high:.1f}: expected the natural "
             f"log of a magnitude mel, silence at log({config.clamp_min:g}) = {config.silence_value:.1f} "
             f"(a dB or power mel is a common cause)")
+
+
+def check_seed(seed: int | None) -> int | None:
+    """Refuse a seed outside 0-`MAX_SEED`, which torch would reject with a bare overflow."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise VocoderError(f"seed must be within 0-{MAX_SEED} (2**63 - 1), got {seed}")
+    return seed
 
 
 def as_audio_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -145,6 +155,8 @@ class Vocoder(nn.Module):
             raise MelError(f"mel has {mel.shape[1]} bands, model expects {self.mel.config.n_mels}")
         if mel.shape[2] < 1:
             raise MelError("mel has no frames")
+        if mel.shape[0] < 1:
+            raise MelError(f"mel batch is empty, got shape {tuple(mel.shape)}")
         if not torch.isfinite(mel).all():
             raise MelError("mel contains NaN or infinite values")
         low, high = self.mel.config.value_range
@@ -157,7 +169,7 @@ class Vocoder(nn.Module):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard-normal latent `(B, n_group, frames * hop / n_group)`, drawn on the CPU so a seed
         gives the same audio on every device."""
-        if generator is None and seed is not None:
+        if generator is None and check_seed(seed) is not None:
             generator = torch.Generator().manual_seed(seed)
         return torch.randn(self.flow.latent_shape(batch, frames), generator=generator)
 
