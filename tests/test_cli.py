@@ -154,3 +154,15 @@ def test_denoising_a_one_frame_mel_is_one_line(tmp_path, checkpoint, capsys, com
     assert main([command, str(tmp_path / "m.npy"), "-o", str(tmp_path / "x.wav"), "--checkpoint", str(checkpoint),
                  "--denoise", "0.1"]) == 2
     assert "denoising needs at least 513 samples of audio, got 256" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("output, message", [
+    ("x.txt", "give an output name ending in .npy"),
+    ("x.NPY", "give an output name ending in .npy"),
+    ("x", "give an output name ending in .npy"),
+    ("missing/x.npy", "does not exist"),
+])
+def test_mel_output_name_is_what_gets_written(tmp_path, capsys, output, message):
+    assert main(["mel", str(speech_clip()), "-o", str(tmp_path / output)]) == 2
+    assert message in _one_line_error(capsys)
+    assert not list(tmp_path.rglob("*"))

@@ -121,12 +121,25 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_npy_output(path: str) -> Path:
+    """Refuse an output name numpy would not write as given: `np.save` appends `.npy` to any
+    other name (even `.NPY`), so `-o x.txt` would write `x.txt.npy`. Refusing keeps the
+    written and the reported name the same, and a `.npy` file never hides behind another extension."""
+    output = Path(path)
+    if output.suffix != ".npy":
+        raise VocoderError(f"{output}: the mel is written as .npy; give an output name ending in .npy")
+    if not output.parent.is_dir():
+        raise VocoderError(f"{output}: directory {output.parent} does not exist")
+    return output
+
+
 def cmd_mel(args: argparse.Namespace) -> int:
     import torch
 
     from vocoder.audio import load_audio
     from vocoder.mel import MelConfig, MelSpectrogram
 
+    output = _check_npy_output(args.output)
     if args.checkpoint:
         from vocoder.checkpoint import read_config
 
@@ -138,8 +151,8 @@ def cmd_mel(args: argparse.Namespace) -> int:
         raise VocoderError(f"{args.input}: audio too short ({audio.shape[0]} samples, need {config.min_samples})")
     with torch.inference_mode():
         mel = MelSpectrogram(config)(torch.from_numpy(audio))[0].numpy()
-    np.save(args.output, mel.astype(np.float32))
-    print(f"wrote {args.output} {tuple(mel.shape)}")
+    np.save(output, mel.astype(np.float32))
+    print(f"wrote {output} {tuple(mel.shape)}")
     return 0
 
 
