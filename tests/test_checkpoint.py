@@ -69,3 +69,60 @@ def test_missing_directory_is_named(tmp_path):
 
 def test_tiny_configs_are_valid():
     assert all(config.receptive_field_frames() > 0 for config in TINY_CONFIGS.values())
+
+
+def _saved(tmp_path, name="efficient"):
+    return tiny_vocoder(name).save_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: b"", "model.safetensors: not a readable safetensors file"),
+    (lambda data: data[: len(data) // 2], "model.safetensors: not a readable safetensors file"),
+    (lambda data: b"\x00garbage" * 100, "model.safetensors: not a readable safetensors file"),
+])
+def test_damaged_weights_are_a_checkpoint_error(tmp_path, damage, message):
+    weights = _saved(tmp_path) / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"null", "expected a JSON object, got NoneType"),
+    (b'"model"', "expected a JSON object, got str"),
+    (b'{"format_version": 1, "model": {}, "mel": {}}\xff', "not valid UTF-8 JSON"),
+])
+def test_config_json_that_is_not_an_object_is_named(tmp_path, text, message):
+    (_saved(tmp_path) / CONFIG_FILE).write_bytes(text)
+    with pytest.raises(CheckpointError, match=message):
+        read_config(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"].update(n_flows=12.5), "'n_flows' must be int, got 12.5"),
+    (lambda c: c["model"].update(shift_groups=1), "'shift_groups' must be bool, got 1"),
+    (lambda c: c["mel"].update(sample_rate="22050"), "'sample_rate' must be int, got '22050'"),
+    (lambda c: c.update(model=None), "flow config must be a JSON object, got NoneType"),
+    (lambda c: c.update(metadata=[1]), "metadata must be a JSON object, got list"),
+])
+def test_config_values_of_the_wrong_type_are_named(tmp_path, edit, message):
+    config_path = _saved(tmp_path) / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    edit(config)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        read_config(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["waveglow", "source-filter"])
+def test_absurd_sizes_fail_before_any_allocation(tmp_path, monkeypatch, name):
+    config_path = _saved(tmp_path, name) / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["model"]["n_channels"] = 10**7  # ~38 GB of float32 weights
+    config_path.write_text(json.dumps(config))
+    # Building the real flow would allocate the 38 GB: the config must be refused before that.
+    monkeypatch.setattr("vocoder.inference.WaveFlow", lambda *args: pytest.fail("a full-size flow was built"))
+    for load in (load_checkpoint, Vocoder.from_pretrained):
+        with pytest.raises(CheckpointError, match=r"ckpt: weights do not fit the config.*shape mismatches"):
+            load(tmp_path / "ckpt")

@@ -166,3 +166,24 @@ def test_mel_output_name_is_what_gets_written(tmp_path, capsys, output, message)
     assert main(["mel", str(speech_clip()), "-o", str(tmp_path / output)]) == 2
     assert message in _one_line_error(capsys)
     assert not list(tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("command", ["info", "synth"])
+@pytest.mark.parametrize("config_text, message", [
+    ('[1]', "expected a JSON object, got list"),
+    (None, "model.safetensors: not a readable safetensors file"),
+])
+def test_broken_checkpoint_is_one_line(tmp_path, checkpoint, capsys, command, config_text, message):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (broken / name).write_bytes((checkpoint / name).read_bytes())
+    if config_text is None:
+        (broken / "model.safetensors").write_bytes(b"")
+    else:
+        (broken / "config.json").write_text(config_text)
+    np.save(tmp_path / "m.npy", np.full((80, 10), -5.0, dtype=np.float32))
+    argv = (["info", str(broken)] if command == "info" else
+            ["synth", str(tmp_path / "m.npy"), "-o", str(tmp_path / "x.wav"), "--checkpoint", str(broken)])
+    assert main(argv) == 2
+    assert message in _one_line_error(capsys)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vocoder.config import FlowConfig
 from vocoder.errors import CheckpointError
+from vocoder.flow import WaveFlow
 from vocoder.mel import MelConfig
 
 FORMAT_VERSION = 1
@@ -49,9 +51,11 @@ def read_config_json(path: str | Path, what: str, version: int) -> tuple[Path, d
     """Resolve a checkpoint directory and parse its `config.json`, checking the format version."""
     path = resolve_checkpoint_dir(path)
     try:
-        raw = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({error})") from None
+        raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path / CONFIG_FILE}: not valid UTF-8 JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path / CONFIG_FILE}: expected a JSON object, got {type(raw).__name__}")
     if raw.get("format_version") != version:
         raise CheckpointError(
             f"{path}: {what} format version {raw.get('format_version')!r}, this code reads version {version}")
@@ -79,15 +83,37 @@ def read_config(path: str | Path) -> tuple[FlowConfig, MelConfig, dict[str, Any]
         raise CheckpointError(
             f"{path}: model expects {model.n_mels} mels / hop {model.hop_length}, "
             f"mel config gives {mel.n_mels} / {mel.hop_length}")
-    return model, mel, raw.get("metadata", {})
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path / CONFIG_FILE}: metadata must be a JSON object, got {type(metadata).__name__}")
+    return model, mel, metadata
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `path/model.safetensors` as float32; a damaged file is a `CheckpointError`."""
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except SafetensorError as error:
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({error})") from None
+    return {key: value.float() for key, value in tensors.items()}
+
+
+def check_weights_fit(checkpoint: Checkpoint, where: str) -> None:
+    """Check the weights against the tensors the config asks for, on a meta-device flow:
+    shapes without storage, so an absurd config (n_channels 10**7) fails here instead of
+    allocating tens of gigabytes before the weights are looked at."""
+    with torch.device("meta"):
+        expected = WaveFlow(checkpoint.model, checkpoint.mel).state_dict()
+    check_state_dict(expected, checkpoint.state_dict, where)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint directory; weights come back as float32 on the CPU."""
+    """Load a checkpoint directory; weights come back as float32 on the CPU, checked to fit the config."""
     model, mel, metadata = read_config(path)
     path = resolve_checkpoint_dir(path)
-    state = {key: value.float() for key, value in load_file(str(path / WEIGHTS_FILE)).items()}
-    return Checkpoint(model=model, mel=mel, state_dict=state, metadata=metadata)
+    checkpoint = Checkpoint(model=model, mel=mel, state_dict=load_weights(path), metadata=metadata)
+    check_weights_fit(checkpoint, str(path))
+    return checkpoint
 
 
 def atomic_write(target: Path, write: Any) -> None:

@@ -30,7 +30,8 @@ class Invertible1x1Conv(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         weight = torch.linalg.qr(torch.randn(channels, channels))[0]
-        if torch.det(weight) < 0:
+        # A meta-device flow (shapes only: vocoder/checkpoint.py checks weights with one) has no sign to fix.
+        if not weight.is_meta and torch.det(weight) < 0:
             weight[:, 0] = -weight[:, 0]
         self.weight = nn.Parameter(weight)
         self._inverse_key: tuple | None = None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vocoder.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint
+from vocoder.checkpoint import Checkpoint, check_weights_fit, load_checkpoint, save_checkpoint
 from vocoder.config import FlowConfig
 from vocoder.denoiser import Denoiser
 from vocoder.errors import CheckpointError, MelError, VocoderError
@@ -92,8 +92,8 @@ class Vocoder(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device | None = "cpu",
                         where: str = "checkpoint") -> "Vocoder":
+        check_weights_fit(checkpoint, where)
         flow = WaveFlow(checkpoint.model, checkpoint.mel)
-        check_state_dict(flow.state_dict(), checkpoint.state_dict, where)
         flow.load_state_dict(checkpoint.state_dict)
         model = cls(flow, checkpoint.mel, checkpoint.metadata)
         return model.to(resolve_device(device)).eval()

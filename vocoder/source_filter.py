@@ -242,7 +242,7 @@ class SourceFilter(nn.Module):
         self.register_buffer("spread", torch.from_numpy(spread), persistent=False)
         # |X|^2 of unit-variance noise under the Hann window averages sum(w^2): dividing by it
         # makes the autocorrelation's lag 0 the signal's variance.
-        self.window_power = float((torch.hann_window(c.win_length, dtype=torch.float64) ** 2).sum())
+        self.window_power = float((torch.hann_window(c.win_length, dtype=torch.float64, device="cpu") ** 2).sum())
         lags = torch.arange(order + 1, dtype=torch.float64)
         lag_window = torch.exp(-0.5 * (2 * math.pi * LAG_WINDOW_HZ * lags / c.sample_rate) ** 2)
         lag_window[0] += WHITE_NOISE_CORRECTION
