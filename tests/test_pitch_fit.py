@@ -9,6 +9,7 @@ from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.pitch import PitchPredictor
 
 RATE = 22050
+STEPS = 600
 
 
 def _voice(f0: float, seconds: float = 1.5) -> np.ndarray:
@@ -26,10 +27,10 @@ def test_fit_learns_the_pitch_of_each_clip_and_marks_the_predictor_fitted(tmp_pa
         soundfile.write(path, _voice(f0), RATE)
         clips.append(Clip(path.stem, "tones", path))
     mel = MelSpectrogram(MelConfig())
+    torch.manual_seed(0)
     predictor = PitchPredictor(mel.config.n_mels)
     assert not predictor.fitted and not any(p.requires_grad for p in predictor.parameters())
-    torch.manual_seed(0)
-    fit_pitch_predictor(predictor, AudioStore(clips, RATE, cache=True), mel, seed=0, steps=300)
+    fit_pitch_predictor(predictor, AudioStore(clips, RATE, cache=True), mel, seed=0, steps=STEPS)
     assert predictor.fitted and not any(p.requires_grad for p in predictor.parameters())
     for f0, clip in zip((110.0, 220.0), clips):
         audio = torch.from_numpy(soundfile.read(clip.path, dtype="float32")[0])
