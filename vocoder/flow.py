@@ -289,7 +289,7 @@ class WaveFlow(nn.Module):
         x = self.infer_flow(mel, sigma, lengths, z, generator)
         if self.source_filter is None:
             return x
-        audio, _ = self.source_filter.colour(x, mel, frame_lengths=lengths)
+        audio, _ = self.source_filter.colour(x, self.source_filter.frame_filter(mel, lengths))
         mask = sample_mask(None if lengths is None else lengths * self.config.hop_length, audio.shape[1], audio)
         return audio if mask is None else audio * mask
 

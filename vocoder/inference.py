@@ -220,6 +220,8 @@ class Vocoder(nn.Module):
         bounds = self._chunk_bounds(frames, chunk_frames)
         denoiser = self.denoiser() if denoise > 0 else None
         source_filter, filter_state = self.flow.source_filter, None
+        # Per-frame quantities of the whole signal, once, rather than again for every chunk's context.
+        frame_filter = None if source_filter is None else source_filter.frame_filter(mel, lengths)
         pitch = None
         if self.flow.pitch is not None:
             pitch = self.flow.pitch.track(mel, hop, self.sample_rate, lengths)
@@ -232,8 +234,7 @@ class Vocoder(nn.Module):
                                              pitch=None if pitch is None else pitch.frames(left, right))
             audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
             if source_filter is not None:
-                audio, filter_state = source_filter.colour(audio, part_mel, (start - left) * hop, filter_state,
-                                                           part_lengths)
+                audio, filter_state = source_filter.colour(audio, frame_filter, start * hop, filter_state)
                 if lengths is not None:
                     audio = audio * (torch.arange(start * hop, end * hop, device=audio.device)[None]
                                      < lengths[:, None] * hop)

@@ -297,13 +297,11 @@ class SourceFilter(nn.Module):
             excitation = excitation * mask
         return excitation, -log_gain.sum(dim=1)
 
-    def colour(self, excitation: torch.Tensor, mel: torch.Tensor, start: int = 0,
-               state: torch.Tensor | None = None,
-               frame_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Excitation `(B, L)` for samples `start..` of `mel`'s signal to audio, and the new
-        filter state (see `lattice_synthesis`). `frame_lengths` as in `frame_filter`; the
-        caller silences audio past them."""
-        frame_filter = self.frame_filter(mel, frame_lengths)
+    def colour(self, excitation: torch.Tensor, frame_filter: FrameFilter, start: int = 0,
+               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Excitation `(B, L)` for samples `start..` of the signal whose `frame_filter` this is
+        (computed once for the whole signal, so chunks share it) to audio, and the new filter
+        state (see `lattice_synthesis`). The caller silences audio past a padded item's length."""
         log_gain = interpolate_frames(frame_filter.log_gain, self.hop, start, excitation.shape[1])
         scaled = excitation * torch.exp(log_gain.to(excitation.dtype))
         return lattice_synthesis(scaled, frame_filter.reflection, self.hop, start, state)
