@@ -138,9 +138,9 @@ def measure(name: str, device: torch.device, seconds: float, repeats: int, min_t
     sigma = 0.6
 
     def ours() -> torch.Tensor:
-        # The flow itself: Vocoder.infer would autocast to fp16 on CUDA.
+        # The fused flow itself: Vocoder.infer would autocast to fp16 on CUDA.
         with torch.inference_mode():
-            return model.flow.infer(mel, sigma=sigma, z=z)
+            return model.fused.infer(mel, sigma=sigma, z=z)
 
     def nvidia() -> torch.Tensor:
         with torch.inference_mode(), nvidia_noise(z, config):

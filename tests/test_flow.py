@@ -8,6 +8,7 @@ from tiny import TINY_CONFIGS, randomise_end_layers, tiny_flow
 from vocoder.config import PRESETS, FlowConfig
 from vocoder.errors import MelError
 from vocoder.flow import WaveFlow
+from vocoder.fused import fuse
 
 
 def _inputs(flow: WaveFlow, frames: int, batch: int = 2, dtype=torch.float32):
@@ -108,23 +109,45 @@ def test_weight_norm_fold_keeps_function_and_names():
 
 
 @pytest.mark.parametrize("name,upsample_kernel", [("waveglow", 64), ("waveglow", 40), ("efficient", None),
-                                                  ("efficient-half-hop", None)])
-def test_inference_fast_path_equals_training_path(name, upsample_kernel):
-    """Without autograd the conditioners and the upsampler take rearranged paths; the latent
-    must not depend on which one ran (a bug shared by both directions would keep the round trip)."""
+                                                  ("efficient-half-hop", None), ("source-filter", None)])
+def test_fused_flow_equals_the_reference(name, upsample_kernel):
+    """The fused copy rearranges the conditioners, the upsampler and the inverse 1x1 convolutions;
+    the latent, the log-det and the sample must not depend on which flow ran (a bug shared by both
+    directions would keep the round trip)."""
     config = TINY_CONFIGS[name]
     if upsample_kernel is not None:
         config = FlowConfig(**{**config.to_dict(), "upsample_kernel": upsample_kernel})
     torch.manual_seed(0)
     flow = randomise_end_layers(WaveFlow(config)).eval()
+    fused = fuse(flow)
     audio, mel = _inputs(flow, frames=7)
     lengths = torch.tensor([7 * config.hop_length, 4 * config.hop_length])
-    with torch.enable_grad():
-        z_slow, log_det_slow = flow(audio, mel, lengths)
+    z = torch.randn(flow.latent_shape(2, 7))
     with torch.no_grad():
-        z_fast, log_det_fast = flow(audio, mel, lengths)
-    assert (z_slow - z_fast).abs().max() < 1e-5
-    assert (log_det_slow - log_det_fast).abs().max() < 1e-4
+        z_reference, log_det_reference = flow(audio, mel, lengths)
+        z_fused, log_det_fused = fused(audio, mel, lengths)
+        audio_reference = flow.infer(mel, sigma=0.8, z=z, lengths=torch.tensor([7, 4]))
+        audio_fused = fused.infer(mel, sigma=0.8, z=z, lengths=torch.tensor([7, 4]))
+    assert (z_reference - z_fused).abs().max() < 1e-5
+    assert (log_det_reference - log_det_fused).abs().max() < 1e-4
+    assert (audio_reference - audio_fused).abs().max() < 1e-4
+    assert z_reference.abs().max() > 0.1 and audio_reference.abs().max() > 0.01
+
+
+def test_fused_flow_shares_and_follows_the_weights():
+    flow = randomise_end_layers(WaveFlow(TINY_CONFIGS["efficient"])).eval()
+    fused = fuse(flow)
+    shared = {id(p) for p in flow.parameters()}
+    assert shared == {id(p) for p in fused.parameters()}
+    audio, mel = _inputs(flow, frames=5)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.mul_(1.01)
+        z_reference, _ = flow(audio, mel)
+        z_fused, _ = fused(audio, mel)
+        restored = fused.infer(mel, sigma=1.0, z=z_fused)
+    assert (z_reference - z_fused).abs().max() < 1e-5  # the cached inverse followed the update too
+    assert (restored - audio).abs().max() < 1e-4
 
 
 def test_symmetric_flow_is_odd_in_the_audio():

@@ -45,7 +45,10 @@ def test_chunked_equals_unchunked(name):
 
 
 def test_chunk_overlap_is_needed():
-    """With less context than the receptive field, chunks would differ: the bound is not loose."""
+    """A chunk with too little mel context differs from the whole signal, so the overlap is real.
+
+    `receptive_field_frames` is an upper bound: here (8 frames) the output is already exact
+    from 5 frames on, as the influence of far frames dies out through the couplings."""
     model = tiny_vocoder("efficient")
     randomise_end_layers(model.flow, std=0.5)
     context = model.flow.config.receptive_field_frames()
@@ -53,10 +56,11 @@ def test_chunk_overlap_is_needed():
     mel = torch.randn(1, model.flow.config.n_mels, frames) - 5
     z = model.sample_latent(frames, 1, seed=3)
     whole = model.infer(mel, z=z, chunk_frames=None)
-    start = 2 * context
-    short = model.flow.infer(mel[:, :, start - context + 1:], z=z[:, :, (start - context + 1) * 2:])
-    offset = (context - 1) * model.hop_length
-    assert (short[0, offset:offset + model.hop_length] - whole[0, start * 16:(start + 1) * 16]).abs().max() > 1e-6
+    start, short_context = 2 * context, 2
+    with torch.no_grad():
+        short = model.fused.infer(mel[:, :, start - short_context:], z=z[:, :, (start - short_context) * 2:])
+    offset = short_context * model.hop_length
+    assert (short[0, offset:offset + model.hop_length] - whole[0, start * 16:(start + 1) * 16]).abs().max() > 1e-5
 
 
 def test_waveglow_chunk_context_is_about_a_second():

@@ -3,7 +3,8 @@
 Both families share the gated tanh/sigmoid stack with residual and skip paths; the
 efficient family swaps each dilated convolution for a depthwise-separable one.
 Hidden states are re-masked after every layer that mixes time, so padding never
-leaks into valid positions of a batched input.
+leaks into valid positions of a batched input. These are the reference modules that training
+runs; `vocoder.fused` rearranges the gated conditioner for inference.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from vocoder.config import FlowConfig
 
@@ -55,30 +55,6 @@ def residual_skip_stack(hidden: torch.Tensor, mask: torch.Tensor | None, in_laye
     return skip
 
 
-def _matmul_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """`F.conv1d(x, weight, bias)` for a 1x1 `weight` `(C_out, C_in, 1)`, as one batched matmul."""
-    return torch.baddbmm(bias.unsqueeze(1), weight.squeeze(2).expand(len(x), -1, -1), x)
-
-
-def _conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        padding: int = 0, dilation: int = 1) -> torch.Tensor:
-    """`F.conv1d` on `(B, C, 1, T)` channels-last tensors, with the same `(C_out, C_in, K)` weight."""
-    return F.conv2d(x, weight.unsqueeze(2), bias, padding=(0, padding), dilation=(1, dilation))
-
-
-def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """`(B, C, T)` to `(B, C, 1, T)` stored time-major; free when `x` already is (see `WaveFlow.condition`)."""
-    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-
-
-def _gated_activation_(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """`gated_activation` that overwrites `x`. tanh(a) = 1 - 2 sigmoid(-2a) makes it one sigmoid
-    pass over both halves: torch's CPU tanh is several times slower than its sigmoid."""
-    x[:, :channels].mul_(-2)
-    gate = x.sigmoid_()[:, channels:]
-    return torch.addcmul(gate, x[:, :channels], gate, value=-2)
-
-
 class GatedConditioner(nn.Module):
     """Map the kept half `(B, n_half, G)` and conditioning `(B, C_cond, G)` to `(B, 2 n_half, G)`.
 
@@ -91,10 +67,6 @@ class GatedConditioner(nn.Module):
         channels, layers = config.n_channels, config.n_layers
         self.n_channels = channels
         self.n_layers = layers
-        # Inference runs 1x1 convolutions as batched matmuls for the efficient family: on 2 CPU
-        # cores that is 1.1-3.3x faster at its sizes (128 channels). At NVIDIA's sizes (640 -> 512
-        # and 256 -> 256 channels) oneDNN's channels-last convolution is the faster one.
-        self.matmul_projections = config.family != "waveglow"
         self.start = nn.Conv1d(n_half, channels, 1)
         self.cond_layer = nn.Conv1d(cond_channels, 2 * channels * layers, 1)
         self.in_layers = nn.ModuleList()
@@ -117,87 +89,11 @@ class GatedConditioner(nn.Module):
         nn.init.zeros_(self.end.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self._forward_inference(x, cond, mask)
         c = self.n_channels
         cond = self.cond_layer(cond)
         skip = residual_skip_stack(self.start(x), mask, self.in_layers, self.res_skip_layers, lambda i, layer_out:
                                    gated_activation(layer_out + cond[:, 2 * c * i: 2 * c * (i + 1)], c))
         return self.end(skip)
-
-    def _forward_inference(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`forward` without autograd, rearranged for speed; equal to it up to float rounding.
-
-        Each layer projects only its own slice of the conditioning (measurably faster than one
-        projection for all layers) and updates in place. `end` is linear, so where it narrows
-        (2 n_half < n_channels, NVIDIA's layout) it folds into every layer's skip projection,
-        and the skip sum disappears. NVIDIA-sized plain convolutions run on channels-last
-        tensors, which spares oneDNN a reorder of every input and output (about 7% of the
-        `waveglow` preset's time on 2 cores).
-        """
-        c, last = self.n_channels, self.n_layers - 1
-        plain = not self.matmul_projections
-        if plain:
-            x, cond = _to_channels_last(x), _to_channels_last(cond)
-            mask = None if mask is None else mask.unsqueeze(2)
-        project = _conv_channels_last if plain else _matmul_1x1
-        cond_weight, cond_bias = self.cond_layer.weight, self.cond_layer.bias
-        fold_end = self.end.out_channels < c
-        end_weight, out_bias = self.end.weight.squeeze(2), self.end.bias
-        hidden = project(x, self.start.weight, self.start.bias)
-        if mask is not None:
-            hidden.mul_(mask)
-        out = None
-        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
-            part = slice(2 * c * i, 2 * c * (i + 1))
-            if not plain:
-                acts = project(in_layer.depthwise(hidden), in_layer.pointwise.weight, in_layer.pointwise.bias)
-            elif i == 0:
-                acts = self._first_layer_through_start(x, mask)
-            else:
-                acts = _conv_channels_last(hidden, in_layer.weight, in_layer.bias,
-                                           in_layer.padding[0], in_layer.dilation[0])
-            acts = _gated_activation_(acts.add_(project(cond, cond_weight[part], cond_bias[part])), c)
-            residual = None
-            if fold_end:
-                weight, bias = res_skip_layer.weight.squeeze(2), res_skip_layer.bias
-                skip = slice(c, 2 * c) if i < last else slice(0, c)
-                folded = end_weight @ weight[skip]
-                out_bias = out_bias + end_weight @ bias[skip]
-                if i < last:
-                    # One projection for the residual and the (end-folded) skip reads `acts` once.
-                    weight = torch.cat([weight[:c], folded])
-                    bias = torch.cat([bias[:c], bias.new_zeros(len(folded))])
-                    residual, skip_out = project(acts, weight.unsqueeze(2), bias).split([c, len(folded)], dim=1)
-                else:
-                    skip_out = project(acts, folded.unsqueeze(2), None if plain else bias.new_zeros(len(folded)))
-            else:
-                skip_out = project(acts, res_skip_layer.weight, res_skip_layer.bias)
-                if i < last:
-                    residual, skip_out = skip_out[:, :c], skip_out[:, c:]
-            out = skip_out if out is None else out.add_(skip_out)
-            if residual is not None:
-                hidden.add_(residual)
-                if mask is not None:
-                    hidden.mul_(mask)
-        if fold_end:
-            out = out.add_(out_bias.view(-1, *[1] * (out.dim() - 2)))
-        else:
-            out = project(out, self.end.weight, self.end.bias)
-        return out.squeeze(2) if plain else out
-
-    def _first_layer_through_start(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Layer 0's convolution of `start(x)` (masked), folded through the 1x1 `start`.
-
-        Its input is then x and the validity of each position (which carries start's bias, and
-        is zero in the padding like masked hidden states): n_half + 1 channels, not n_channels.
-        """
-        layer = self.in_layers[0]
-        valid = torch.ones_like(x[:, :1]) if mask is None else mask
-        inputs = torch.cat([x if mask is None else x * mask, valid], dim=1).contiguous(memory_format=torch.channels_last)
-        weight = torch.cat([torch.einsum("ocj,ci->oij", layer.weight, self.start.weight.squeeze(2)),
-                            torch.einsum("ocj,c->oj", layer.weight, self.start.bias).unsqueeze(1)], dim=1)
-        return _conv_channels_last(inputs, weight, layer.bias, layer.padding[0], layer.dilation[0])
 
     def weight_normed_convs(self) -> list[nn.Conv1d]:
         """The convolutions that train under weight normalisation (all but `end`)."""

@@ -91,7 +91,7 @@ def encode(model: Vocoder, audio: np.ndarray | torch.Tensor) -> Latent:
         raise AudioError("audio contains NaN or infinite samples")
     mel = model.mel_spectrogram(audio)
     padded = F.pad(audio, (0, mel.shape[2] * config.hop_length - length)).to(model.device)
-    z, _ = model.flow(padded, mel)
+    z, _ = model.fused(padded, mel)
     return Latent(mel.float().cpu(), z.float().cpu(), length, config, encoded=True)
 
 
@@ -121,7 +121,7 @@ def decode(model: Vocoder, latent: Latent) -> np.ndarray:
     expected = model.flow.latent_shape(1, latent.frames)
     if tuple(latent.z.shape) != expected:
         raise EditError(f"latent z has shape {tuple(latent.z.shape)}, this model needs {expected}")
-    audio = model.flow.infer(latent.mel.to(model.device), sigma=1.0, z=latent.z.to(model.device))
+    audio = model.fused.infer(latent.mel.to(model.device), sigma=1.0, z=latent.z.to(model.device))
     return audio[0, :latent.length].float().cpu().numpy()
 
 

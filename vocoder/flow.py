@@ -10,7 +10,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrizations, parametrize
 
 from vocoder.conditioner import GatedConditioner, SymmetricConditioner
@@ -22,10 +21,7 @@ from vocoder.source_filter import SourceFilter
 
 
 class Invertible1x1Conv(nn.Module):
-    """Channel mixing `(B, C, G) -> (B, C, G)` by a learned invertible matrix.
-
-    The inverse is cached while the weight is unchanged, so inference inverts it once.
-    """
+    """Channel mixing `(B, C, G) -> (B, C, G)` by a learned invertible matrix."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -34,8 +30,6 @@ class Invertible1x1Conv(nn.Module):
         if not weight.is_meta and torch.det(weight) < 0:
             weight[:, 0] = -weight[:, 0]
         self.weight = nn.Parameter(weight)
-        self._inverse_key: tuple | None = None
-        self._inverse: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.matmul(self.weight, x)
@@ -44,19 +38,10 @@ class Invertible1x1Conv(nn.Module):
         return torch.linalg.slogdet(self.weight)[1]
 
     def inverse_weight(self) -> torch.Tensor:
-        weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if self._inverse is None or self._inverse_key != key:
-            # Inverting in float64 keeps the round trip exact to float32 precision.
-            with torch.no_grad():
-                self._inverse = torch.linalg.inv(weight.double()).to(weight.dtype)
-            self._inverse_key = key
-        return self._inverse
+        # Inverting in float64 keeps the round trip exact to float32 precision.
+        return torch.linalg.inv(self.weight.double()).to(self.weight.dtype)
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            # Training through the reverse pass (auxiliary losses) needs a differentiable inverse.
-            return torch.matmul(torch.linalg.inv(self.weight).to(x.dtype), x)
         return torch.matmul(self.inverse_weight().to(x.dtype), x)
 
 
@@ -169,42 +154,17 @@ class WaveFlow(nn.Module):
             squeezed = (features.view(batch, channels, groups, c.n_group).transpose(2, 3)
                         .reshape(batch, channels * c.n_group, groups))
             return torch.cat([cond, self.pitch_proj(squeezed)], dim=1)
-        if not torch.is_grad_enabled():
-            return self._upsample_unfolded(mel, groups)
+        return self.upsample_unfolded(mel, groups)
+
+    def upsample_unfolded(self, mel: torch.Tensor, groups: int) -> torch.Tensor:
+        """The waveglow family's conditioning: the mel upsampled to audio rate and unfolded into
+        `(B, n_mels * n_group, groups)`."""
+        c = self.config
         upsampled = self.upsample(mel)[:, :, : groups * c.n_group]
         batch = upsampled.shape[0]
         # Channel order (band, position within group) matches NVIDIA's unfold.
         return (upsampled.reshape(batch, c.n_mels, groups, c.n_group)
                 .permute(0, 1, 3, 2).reshape(batch, c.n_mels * c.n_group, groups))
-
-    def _upsample_unfolded(self, mel: torch.Tensor, groups: int) -> torch.Tensor:
-        """`condition`'s upsample-and-unfold as a few matmuls that accumulate whole hop-long blocks.
-
-        torch's CPU transposed convolution scatters its columns one sample at a time; this is
-        the same sum in a different order, about 4x faster for NVIDIA's 1024/256 upsampler.
-        """
-        c = self.config
-        hop = c.hop_length
-        weight, bias = self.upsample.weight, self.upsample.bias
-        n_in, n_out, kernel = weight.shape
-        taps = -(-kernel // hop)
-        # One `(n_in, n_out * hop)` matrix per tap, padded to whole taps.
-        weight = (F.pad(weight, (0, taps * hop - kernel)).view(n_in, n_out, taps, hop)
-                  .permute(2, 0, 1, 3).reshape(taps, n_in, n_out * hop))
-        batch, _, frames = mel.shape
-        n_blocks = -(-groups // c.groups_per_frame)
-        # Block b of the output, laid out (band, sample), sums frame b - k through tap k.
-        blocks = bias.view(1, 1, n_out, 1).expand(batch, n_blocks, n_out, hop).contiguous()
-        rows = blocks.view(batch, n_blocks, n_out * hop)
-        frames_first = mel.transpose(1, 2)
-        for tap in range(min(taps, n_blocks)):
-            reach = min(frames, n_blocks - tap)
-            rows[:, tap:tap + reach].baddbmm_(frames_first[:, :reach], weight[tap].expand(batch, -1, -1))
-        # Channel order (band, position within group) matches NVIDIA's unfold. Stored time-major,
-        # the layout that the conditioners' channels-last inference reads without a copy.
-        unfolded = blocks.view(batch, n_blocks, n_out, c.groups_per_frame, c.n_group).transpose(2, 3)
-        time_major = unfolded.reshape(batch, n_blocks * c.groups_per_frame, n_out * c.n_group)
-        return time_major[:, :groups].transpose(1, 2)
 
     def _early_slice(self, step: int) -> slice:
         index = step // self.config.n_early_every - 1

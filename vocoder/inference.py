@@ -20,6 +20,7 @@ from vocoder.config import FlowConfig
 from vocoder.denoiser import Denoiser
 from vocoder.errors import CheckpointError, MelError, VocoderError
 from vocoder.flow import WaveFlow
+from vocoder.fused import fuse
 from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.pretrained import default_checkpoint
 
@@ -75,6 +76,8 @@ class Vocoder(nn.Module):
                 f"mel config ({mel_config.n_mels} mels, hop {mel_config.hop_length}) does not match the flow "
                 f"({flow.config.n_mels} mels, hop {flow.config.hop_length})")
         self.flow = flow
+        # Inference runs the fused copy; `flow` stays the reference (and what checkpoints save).
+        self.fused = fuse(flow)
         self.mel = MelSpectrogram(mel_config)
         self.metadata = dict(metadata or {})
         self._denoiser: Denoiser | None = None
@@ -183,7 +186,7 @@ class Vocoder(nn.Module):
         if self._denoiser is None:
             silent = torch.full((1, self.mel.config.n_mels, 88), self.mel.config.silence_value, device=self.device)
             with torch.inference_mode():
-                bias = self.flow.infer(silent, sigma=0.0)
+                bias = self.fused.infer(silent, sigma=0.0)
             self._denoiser = Denoiser(bias, self.mel.config.n_fft, self.hop_length)
         return self._denoiser
 
@@ -230,7 +233,7 @@ class Vocoder(nn.Module):
             part_lengths = None if lengths is None else (lengths - left).clamp(0, right - left)
             part_mel = mel[:, :, left:right]
             with self._autocast():
-                audio = self.flow.infer_flow(part_mel, sigma, part_lengths, z[:, :, left * groups:right * groups],
+                audio = self.fused.infer_flow(part_mel, sigma, part_lengths, z[:, :, left * groups:right * groups],
                                              pitch=None if pitch is None else pitch.frames(left, right))
             audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
             if source_filter is not None:
