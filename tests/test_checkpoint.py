@@ -48,7 +48,7 @@ def test_mismatched_config_fails_loudly(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.update(format_version=99), "format version 99"),
-    (lambda c: c["model"].update(colour="red"), "unknown flow config keys"),
+    (lambda c: c["model"].update(colour="red"), "unknown config key 'model.colour'"),
     (lambda c: c.pop("mel"), "missing section 'mel'"),
     (lambda c: c["mel"].update(n_mels=40), "model expects 6 mels"),
 ])
@@ -100,10 +100,10 @@ def test_config_json_that_is_not_an_object_is_named(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["model"].update(n_flows=12.5), "'n_flows' must be int, got 12.5"),
-    (lambda c: c["model"].update(shift_groups=1), "'shift_groups' must be bool, got 1"),
-    (lambda c: c["mel"].update(sample_rate="22050"), "'sample_rate' must be int, got '22050'"),
-    (lambda c: c.update(model=None), "flow config must be a JSON object, got NoneType"),
+    (lambda c: c["model"].update(n_flows=12.5), "'model.n_flows' must be an integer, got 12.5"),
+    (lambda c: c["model"].update(shift_groups=1), "'model.shift_groups' must be true or false, got 1"),
+    (lambda c: c["mel"].update(sample_rate="22050"), "'mel.sample_rate' must be an integer, got '22050'"),
+    (lambda c: c.update(model=None), "config section 'model' must be a mapping, got None"),
     (lambda c: c.update(metadata=[1]), "metadata must be a JSON object, got list"),
 ])
 def test_config_values_of_the_wrong_type_are_named(tmp_path, edit, message):

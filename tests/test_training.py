@@ -3,6 +3,7 @@ checkpoints (atomic, keep-last-K, loadable), the non-finite guard, held-out clip
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from training.state import commit_checkpoint, step_dirs
 from training.trainer import Trainer, TrainingError, resolve_model
 from vocoder.checkpoint import load_checkpoint
 from vocoder.config import FlowConfig, preset
+from vocoder.errors import CheckpointError
 from vocoder.inference import Vocoder
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
@@ -73,6 +75,43 @@ def test_config_errors_are_one_line(tmp_path, capsys, override, message):
     assert main(["--config", str(recipe), "--print-config", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=0", "config key 'train.max_steps' must be positive, got 0"),
+    ("data.val_clips=-1", "config key 'data.val_clips' must not be negative, got -1"),
+    ("optim.betas=[0.9]", "config key 'optim.betas' must be two numbers in [0, 1), got [0.9]"),
+    ("loss.stft_resolutions=[[64, 16, 128]]", "config key 'loss.stft_resolutions[0]' must be [n_fft, hop, win]"),
+])
+def test_each_section_checks_its_own_ranges(tmp_path, override, message):
+    recipe = write_recipe(tmp_path / "r.yaml", {"model": "efficient"})
+    with pytest.raises(ConfigError) as error:
+        load_config(recipe, [override])
+    assert message in str(error.value)
+    # The check is the section's own, so a section built in code is held to it too.
+    section, _, key_value = override.partition(".")
+    key, _, value = key_value.partition("=")
+    cls = type(getattr(load_config(recipe), section))
+    with pytest.raises(ValueError, match=re.escape(message.split("' ", 1)[1])):
+        cls(**{key: yaml.safe_load(value)})
+
+
+def test_recipes_and_checkpoints_share_one_loader(tmp_path):
+    """A config.json's model section and a recipe's are read by the same loader, so the same
+    mistake reads the same; only YAML's forms (`1e-4` is a string to YAML 1.1) are recipe-only."""
+    path = Vocoder.from_config(preset("efficient-small"), seed=0).save_pretrained(tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    message = "unknown config key 'model.n_flow' (did you mean 'n_flows'?)"
+    (path / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "n_flow": 3}}))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict({"model": {"n_flow": 3}})
+
+    assert config_from_dict({"mel": {"fmin": "1e-4"}}).mel.fmin == 1e-4
+    (path / "config.json").write_text(json.dumps({**config, "mel": {**config["mel"], "fmin": "1e-4"}}))
+    with pytest.raises(CheckpointError, match="config key 'mel.fmin' must be a number, got '1e-4'"):
+        load_checkpoint(path)
 
 
 def test_model_dependent_checks(tiny_recipe):

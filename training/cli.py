@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _absolute(raw: dict[str, Any]) -> dict[str, Any]:
+def _absolute(config: TrainConfig) -> TrainConfig:
     """Make data and output paths absolute, so a saved config works from any directory."""
-    data = dict(raw.get("data") or {})
-    if data.get("paths"):
-        data["paths"] = [str(Path(p).resolve()) for p in data["paths"]]
-    for key in ("train_filelist", "val_filelist"):
-        if data.get(key):
-            data[key] = str(Path(data[key]).resolve())
-    return {**raw, "data": data, "out_dir": str(Path(raw.get("out_dir", TrainConfig.out_dir)).resolve())}
+    def resolved(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else path
+
+    data = replace(config.data, paths=[resolved(p) for p in config.data.paths],
+                   train_filelist=resolved(config.data.train_filelist),
+                   val_filelist=resolved(config.data.val_filelist))
+    return replace(config, data=data, out_dir=str(Path(config.out_dir).resolve()))
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, Path | None]:
@@ -88,7 +89,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, Path | None]:
         raw = {**raw, "data": {**(raw.get("data") or {}), "paths": list(args.data)}}
     if args.out:
         raw = {**raw, "out_dir": args.out}
-    config = config_from_dict(_absolute(raw))
+    config = _absolute(config_from_dict(raw))
     init = load_init(config, args.init) if args.init else None
     return resolve_model(config, init), init, resume_dir
 

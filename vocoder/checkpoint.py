@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vocoder.config import FlowConfig
-from vocoder.errors import CheckpointError
+from vocoder.errors import CheckpointError, ConfigError
 from vocoder.flow import WaveFlow
 from vocoder.mel import MelConfig
 
@@ -69,7 +69,7 @@ def config_sections(path: Path) -> Iterator[None]:
         yield
     except KeyError as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: missing section {error}") from None
-    except (TypeError, ValueError) as error:
+    except ConfigError as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: {error}") from None
 
 
@@ -77,12 +77,9 @@ def read_config(path: str | Path) -> tuple[FlowConfig, MelConfig, dict[str, Any]
     """Read and validate a checkpoint's `config.json` without loading weights."""
     path, raw = read_config_json(path, "checkpoint", FORMAT_VERSION)
     with config_sections(path):
-        model = FlowConfig.from_dict(raw["model"])
-        mel = MelConfig.from_dict(raw["mel"])
-    if model.n_mels != mel.n_mels or model.hop_length != mel.hop_length:
-        raise CheckpointError(
-            f"{path}: model expects {model.n_mels} mels / hop {model.hop_length}, "
-            f"mel config gives {mel.n_mels} / {mel.hop_length}")
+        model = FlowConfig.from_dict(raw["model"], "model")
+        mel = MelConfig.from_dict(raw["mel"], "mel")
+        model.check_mel(mel)
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path / CONFIG_FILE}: metadata must be a JSON object, got {type(metadata).__name__}")

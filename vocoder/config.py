@@ -5,16 +5,19 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 import typing
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
+from vocoder.errors import ConfigError
 from vocoder.serialization import DictConfig
+
+if TYPE_CHECKING:
+    from vocoder.mel import MelConfig
 
 Family = Literal["waveglow", "efficient", "source-filter"]
 # Mel frames the source-filter gain network sees at once (vocoder/source_filter.py).
 GAIN_KERNEL_SIZE = 5
-FAMILIES: tuple[Family, ...] = typing.get_args(Family)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,6 @@ class FlowConfig(DictConfig):
     (vocoder/pitch.py), projected once to `pitch_channels` channels. `symmetric` makes every
     coupling odd in the audio (vocoder/conditioner.py), so p(x | mel) = p(-x | mel).
     """
-
-    config_label = "flow"
 
     family: Family = "efficient"
     n_mels: int = 80
@@ -59,8 +60,8 @@ class FlowConfig(DictConfig):
 
     def __post_init__(self) -> None:
         problems = []
-        if self.family not in FAMILIES:
-            problems.append(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.family not in typing.get_args(Family):
+            problems.append(f"family must be one of {typing.get_args(Family)}, got {self.family!r}")
         if self.n_group % 2 or self.n_group <= 0:
             problems.append(f"n_group must be a positive even number, got {self.n_group}")
         elif self.hop_length % self.n_group:
@@ -85,6 +86,12 @@ class FlowConfig(DictConfig):
             problems.append("shift_groups is for the efficient and source-filter families")
         if problems:
             raise ValueError("invalid flow config: " + "; ".join(problems))
+
+    def check_mel(self, mel: MelConfig) -> None:
+        """Refuse a mel convention this flow cannot be conditioned on."""
+        if (self.n_mels, self.hop_length) != (mel.n_mels, mel.hop_length):
+            raise ConfigError(f"model expects {self.n_mels} mels / hop {self.hop_length}, "
+                              f"mel config gives {mel.n_mels} / {mel.hop_length}")
 
     @property
     def cond_channels(self) -> int:
@@ -120,7 +127,6 @@ class FlowConfig(DictConfig):
             # The gain network's kernel, plus one frame for per-sample interpolation.
             frames += GAIN_KERNEL_SIZE // 2 + 1
         return frames
-
 
     def updated(self, **changes: Any) -> "FlowConfig":
         return replace(self, **changes)

@@ -16,3 +16,8 @@ class CheckpointError(VocoderError):
 
 class MelError(VocoderError):
     """A mel spectrogram does not match the model's mel convention or is unusable."""
+
+
+class ConfigError(VocoderError):
+    """A config (a recipe, an override, a checkpoint's config section) is malformed, names an
+    unknown key, or has a bad value."""

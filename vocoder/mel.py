@@ -20,8 +20,6 @@ from vocoder.serialization import DictConfig
 class MelConfig(DictConfig):
     """Parameters of the log-mel front-end (Tacotron 2 / WaveGlow defaults)."""
 
-    config_label = "mel"
-
     sample_rate: int = 22050
     n_fft: int = 1024
     hop_length: int = 256

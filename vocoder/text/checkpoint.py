@@ -48,10 +48,9 @@ def read_config(path: str | Path) -> tuple[AcousticConfig, MelConfig, dict[str, 
         raise CheckpointError(
             f"{path}: trained on the symbol set {raw.get('symbols')!r}, this code uses {SYMBOLS!r}")
     with config_sections(path):
-        config = AcousticConfig.from_dict(raw["acoustic"])
-        mel = MelConfig.from_dict(raw["mel"])
-    if config.n_mels != mel.n_mels:
-        raise CheckpointError(f"{path}: model makes {config.n_mels} mel bands, mel config gives {mel.n_mels}")
+        config = AcousticConfig.from_dict(raw["acoustic"], "acoustic")
+        mel = MelConfig.from_dict(raw["mel"], "mel")
+        config.check_mel(mel)
     if config.n_symbols != len(SYMBOLS):
         raise CheckpointError(f"{path}: model embeds {config.n_symbols} symbols, the symbol set has {len(SYMBOLS)}")
     return config, mel, raw.get("metadata", {})

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vocoder.serialization import DictConfig
 from vocoder.conditioner import gated_activation
-from vocoder.errors import VocoderError
+from vocoder.errors import ConfigError, VocoderError
 from vocoder.flow import Invertible1x1Conv, length_mask
+from vocoder.mel import MelConfig
+from vocoder.serialization import DictConfig
 from vocoder.text.alignment import monotonic_alignment
 from vocoder.text.normalize import normalize_text
 from vocoder.text.symbols import PAD_ID, SYMBOLS, TextError, text_to_ids
@@ -33,8 +34,6 @@ class AcousticConfig(DictConfig):
     convolution and affine coupling; each coupling network has `decoder_layers` gated
     convolutions of `decoder_channels`, dilation `decoder_dilation_rate ** layer`.
     """
-
-    config_label = "acoustic"
 
     n_symbols: int = len(SYMBOLS)
     n_mels: int = 80
@@ -75,6 +74,10 @@ class AcousticConfig(DictConfig):
         if problems:
             raise ValueError("invalid acoustic config: " + "; ".join(problems))
 
+    def check_mel(self, mel: MelConfig) -> None:
+        """Refuse a mel convention other than the one this model makes."""
+        if self.n_mels != mel.n_mels:
+            raise ConfigError(f"model makes {self.n_mels} mel bands, mel config gives {mel.n_mels}")
 
 
 def prepare_text(text: str) -> tuple[str, list[int]]:
