@@ -8,20 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from vocoder.checkpoint import (
-    CONFIG_FILE, WEIGHTS_FILE, check_state_dict, config_sections, read_config_json, resolve_checkpoint_dir,
-    write_checkpoint_files,
+    check_state_dict, config_sections, load_weights, read_config_json, resolve_checkpoint_dir, write_checkpoint_files,
 )
 from vocoder.errors import CheckpointError
 from vocoder.mel import MelConfig
+from vocoder.pretrained import TTS_DIR, bundled
 from vocoder.text.model import AcousticConfig, TextToMel
 from vocoder.text.symbols import SYMBOLS
 
 FORMAT_VERSION = 1
 KIND = "text-to-mel"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights" / "tts"
+BUNDLED_DIR = TTS_DIR
 
 
 @dataclass
@@ -33,10 +32,8 @@ class AcousticCheckpoint:
 
 
 def bundled_checkpoint() -> Path | None:
-    """The text-to-mel checkpoint shipped in the package, or None while none is."""
-    if (BUNDLED_DIR / WEIGHTS_FILE).is_file() and (BUNDLED_DIR / CONFIG_FILE).is_file():
-        return BUNDLED_DIR
-    return None
+    """The text-to-mel checkpoint copied into the package, or None (the slot ships empty)."""
+    return bundled(BUNDLED_DIR)
 
 
 def read_config(path: str | Path) -> tuple[AcousticConfig, MelConfig, dict[str, Any]]:
@@ -59,15 +56,13 @@ def read_config(path: str | Path) -> tuple[AcousticConfig, MelConfig, dict[str, 
 def load_checkpoint(path: str | Path) -> AcousticCheckpoint:
     """Load a text-to-mel checkpoint directory; weights come back as float32 on the CPU."""
     config, mel, metadata = read_config(path)
-    state = {key: value.float() for key, value in load_file(str(resolve_checkpoint_dir(path) / WEIGHTS_FILE)).items()}
+    state = load_weights(resolve_checkpoint_dir(path))
     return AcousticCheckpoint(config=config, mel=mel, state_dict=state, metadata=metadata)
 
 
 def save_checkpoint(path: str | Path, checkpoint: AcousticCheckpoint, dtype: torch.dtype = torch.float32) -> Path:
     """Write a text-to-mel checkpoint directory, each file atomically."""
-    if checkpoint.config.n_mels != checkpoint.mel.n_mels:
-        raise CheckpointError(
-            f"model makes {checkpoint.config.n_mels} mel bands, mel config gives {checkpoint.mel.n_mels}")
+    checkpoint.config.check_mel(checkpoint.mel)
     config = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
