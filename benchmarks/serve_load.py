@@ -64,12 +64,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def serve(max_batch: int, torch_threads: int) -> Iterator[str]:
-    """`vocoder serve` in a subprocess; yields its URL once /readyz is green."""
+def serve(max_batch: int, torch_threads: int, queue_size: int = 512, request_timeout: float = 600) -> Iterator[Server]:
+    """`vocoder serve` in a subprocess; yields its URL and process id once /readyz is green."""
     port = free_port()
-    env = {**os.environ, "VOCODER_MAX_BATCH": str(max_batch), "VOCODER_QUEUE_SIZE": "512",
-           "VOCODER_REQUEST_TIMEOUT": "600", "VOCODER_LOG_LEVEL": "warning",
+    env = {**os.environ, "VOCODER_MAX_BATCH": str(max_batch), "VOCODER_QUEUE_SIZE": str(queue_size),
+           "VOCODER_REQUEST_TIMEOUT": str(request_timeout), "VOCODER_LOG_LEVEL": "warning",
            "VOCODER_TORCH_THREADS": str(torch_threads)}
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([sys.executable, "-m", "vocoder", "serve", "--port", str(port)],
@@ -85,7 +91,7 @@ def serve(max_batch: int, torch_threads: int) -> Iterator[str]:
                     if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                         break
                 time.sleep(0.2)
-            yield url
+            yield Server(url, process.pid)
         finally:
             process.terminate()
             try:
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     begun = time.perf_counter()
     for batching, max_batch in (("on", 8), ("off", 1)):
-        with serve(max_batch, args.torch_threads) as url:
+        with serve(max_batch, args.torch_threads) as server:
+            url = server.url
             asyncio.run(run_level(url, batching, 2, make_mels(2, seed=99, min_seconds=low, max_seconds=high)))
             for level in levels:
                 count = max(6, round(level * args.requests_per_client))

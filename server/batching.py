@@ -1,6 +1,7 @@
 """The inference worker, one per device: requests wait in a bounded asyncio queue, the worker
 gathers up to `max_batch` of them for at most `max_wait_ms`, pads them into one batch and runs it
 on its own thread, so the event loop stays responsive and only one batch uses the device at a time.
+Text front-end work waits in the same queue and runs on the same thread, one call at a time.
 """
 from __future__ import annotations
 
@@ -52,6 +53,19 @@ class Job:
         return self.mel.shape[1]
 
 
+@dataclass(eq=False)
+class Call:
+    """Work other than vocoding that takes its turn in the same queue and runs alone on the
+    device thread: a text front-end making a request's mel."""
+
+    function: Callable[[], Any]
+    is_disconnected: Callable[[], Awaitable[bool]] = never_disconnects
+    future: asyncio.Future[Any] = field(init=False)
+
+
+Work = Job | Call
+
+
 def queue_full() -> APIError:
     return APIError(503, "the server is busy (request queue full); retry shortly", code="queue_full",
                     headers={"Retry-After": "1"})
@@ -67,7 +81,9 @@ class BatchWorker:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Work] = asyncio.Queue(maxsize=queue_size)
+        # A call met while gathering a batch: it runs next, after that batch.
+        self._held: Call | None = None
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder-device")
         self._task: asyncio.Task[None] | None = None
@@ -81,10 +97,12 @@ class BatchWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        waiting = [self._held] if self._held is not None else []
         while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(APIError(503, "the server is shutting down", code="shutting_down"))
+            waiting.append(self._queue.get_nowait())
+        for work in waiting:
+            if not work.future.done():
+                work.future.set_exception(APIError(503, "the server is shutting down", code="shutting_down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- submitting work ----------------------------------------------------------------------
@@ -92,16 +110,20 @@ class BatchWorker:
     def full(self) -> bool:
         return self._queue.full()
 
-    def submit(self, job: Job) -> asyncio.Future[Result]:
-        """Queue `job`; its future resolves to its `Result`. A full queue is a 503 right away."""
-        job.future = asyncio.get_running_loop().create_future()
+    def submit(self, work: Work) -> asyncio.Future[Any]:
+        """Queue `work`; its future resolves to a job's `Result` or a call's return value.
+        A full queue is a 503 right away."""
+        work.future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(job)
+            self._queue.put_nowait(work)
         except asyncio.QueueFull:
             raise queue_full() from None
         self._arrived.set()
-        self.metrics.queue_depth.set(self._queue.qsize())
-        return job.future
+        self._report_depth()
+        return work.future
+
+    def _report_depth(self) -> None:
+        self.metrics.queue_depth.set(self._queue.qsize() + (self._held is not None))
 
     async def run_on_device(self, function: Callable[..., T], *args: Any) -> T:
         """Run `function(*args)` on the device thread, between batches."""
@@ -112,26 +134,41 @@ class BatchWorker:
         while True:
             batch = await self._gather()
             try:
-                jobs = await self._still_wanted(batch)
-                if jobs:
-                    await self._execute(jobs)
+                wanted = await self._still_wanted(batch)
+                if wanted and isinstance(wanted[0], Call):
+                    await self._call(wanted[0])
+                elif wanted:
+                    await self._execute(wanted)
             except Exception as error:  # the worker must outlive any one bad batch
                 logger.exception("inference batch failed")
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(error)
 
-    async def _gather(self) -> list[Job]:
-        """The next batch: the oldest job plus whatever arrives within `max_wait`, up to `max_batch`."""
+    async def _gather(self) -> list[Work]:
+        """The next batch: the oldest job plus whatever jobs arrive within `max_wait`, up to
+        `max_batch` and up to the next call; or a call alone."""
         loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
+        if self._held is not None:
+            first, self._held = self._held, None
+        else:
+            first = await self._queue.get()
+        if isinstance(first, Call):
+            self._report_depth()
+            return [first]
+        batch: list[Work] = [first]
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_batch:
             try:
-                batch.append(self._queue.get_nowait())
-                continue
+                work = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 pass
+            else:
+                if isinstance(work, Call):
+                    self._held = work
+                    break
+                batch.append(work)
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -140,21 +177,32 @@ class BatchWorker:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        self.metrics.queue_depth.set(self._queue.qsize())
+        self._report_depth()
         return batch
 
-    async def _still_wanted(self, batch: list[Job]) -> list[Job]:
-        """Drop jobs whose caller gave up (timed out) or whose client disconnected while queued."""
+    async def _still_wanted(self, batch: list[Work]) -> list[Any]:
+        """Drop work whose caller gave up (timed out) or whose client disconnected while queued."""
         wanted = []
-        for job in batch:
-            if job.future.done():
+        for work in batch:
+            if work.future.done():
                 self.metrics.dropped.labels("cancelled").inc()
-            elif await job.is_disconnected():
-                job.future.set_exception(APIError(499, "the client closed the request", code="client_disconnected"))
+            elif await work.is_disconnected():
+                work.future.set_exception(APIError(499, "the client closed the request", code="client_disconnected"))
                 self.metrics.dropped.labels("disconnected").inc()
             else:
-                wanted.append(job)
+                wanted.append(work)
         return wanted
+
+    async def _call(self, call: Call) -> None:
+        # The call's own errors (bad text, too long) are its caller's answer, not a worker failure.
+        try:
+            result = await self.run_on_device(call.function)
+        except Exception as error:
+            if not call.future.done():
+                call.future.set_exception(error)
+            return
+        if not call.future.done():  # its caller may have timed out meanwhile
+            call.future.set_result(result)
 
     async def _execute(self, jobs: list[Job]) -> None:
         started = time.perf_counter()

@@ -1,9 +1,11 @@
 """Text to speech: POST /v1/tts with this service's parameters and POST /v1/audio/speech with
-OpenAI's. The text front-end makes the mel in a worker thread; from there the mel takes the same
-path as a /v1/vocode request (pitch edit, batch worker, encoding).
+OpenAI's. Text whose speech would pass max_frames is refused before any work; the text front-end
+makes the mel in its turn in the batch worker's queue; from there the mel takes the same path as a
+/v1/vocode request (pitch edit, batch worker, encoding).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from fastapi import Request, Response
@@ -17,6 +19,7 @@ from server.schemas import (DEFAULT_NOISE_SCALE, DEFAULT_SIGMA, DENOISE_RANGE, M
                             PITCH_RANGE, SAMPLE_RATE_HELP, SEED_HELP, SIGMA_RANGE, SPEED_RANGE, VocodeOptions)
 from server.service import Service, ServiceDep
 from vocoder.text.espeak import EspeakError
+from vocoder.text.limits import SpeechTooLong
 from vocoder.text.symbols import TextError, check_text
 
 # OpenAI sends pcm at 24 kHz; clients that play it raw assume that rate.
@@ -72,20 +75,28 @@ class SpeechRequest(BaseModel):
 
 async def _speak(request: Request, service: Service, body: TTSRequest, text_param: str,
                  format_param: str) -> Response:
-    """Text to mel (in a thread, the event loop stays free), then the shared mel-to-audio path."""
+    """Text to mel (queued like vocoding, on the device thread), then the shared mel-to-audio path."""
     frontend = service.require_text()
     deadline = service.deadline()
     audio_format = service.formats.get(body.format, param=format_param)
+    limits = service.mel_limits
+    subject = "the speech for this text"
+    length_scale = 1.0 / body.speed
     try:
         check_text(body.text, service.settings.max_text_chars)
-        mel = await run_in_threadpool(frontend.synthesize_mel, body.text, body.noise_scale, 1.0 / body.speed,
-                                      body.seed)
+        # The estimate normalizes the text (milliseconds of Python): off the event loop, but ahead
+        # of the queue, so that text that is surely too long never waits for the device.
+        await run_in_threadpool(frontend.check_length, body.text, length_scale, limits.max_frames)
+        mel = await service.queued(request, partial(frontend.synthesize_mel, body.text, body.noise_scale,
+                                                    length_scale, body.seed, limits.max_frames), deadline)
     except TextError as error:
         raise APIError(422, str(error), code="invalid_text", param=text_param) from None
+    except SpeechTooLong as error:
+        raise limits.too_long(error.frames, subject, text_param, estimated=error.estimated) from None
     except EspeakError as error:
         raise APIError(503, f"text-to-speech is unavailable: {error}", code="tts_unavailable") from None
     mel = mel.numpy()
-    service.mel_limits.check_frames(mel.shape[1], "the speech for this text", text_param)
+    limits.check_frames(mel.shape[1], subject, text_param)
     options = VocodeOptions(sigma=body.sigma, seed=body.seed, denoise=body.denoise, format=body.format,
                             sample_rate=body.sample_rate, pitch=body.pitch)
     return await service.synthesize(request, mel, options, audio_format, deadline)

@@ -232,9 +232,16 @@ class MelLimits:
             raise APIError(422, f"{subject} has {frames} frames, at least {self.min_frames} are needed",
                            code=f"{code}_too_short", param=param)
         if frames > self.max_frames:
-            raise APIError(413, f"{subject} has {frames} frames ({frames * self.seconds_per_frame:.1f} s); the limit "
-                                f"is {self.max_frames} ({self.max_frames * self.seconds_per_frame:.1f} s)",
-                           code=f"{code}_too_long", param=param)
+            raise self.too_long(frames, subject, param, code)
+
+    def too_long(self, frames: int, subject: str = "mel", param: str = "mel", code: str = "mel",
+                 estimated: bool = False) -> APIError:
+        """The 413 `{code}_too_long` for `frames` over the limit; `estimated`: `frames` is an
+        estimate or a lower bound, made without building all of the mel."""
+        amount = f"an estimated {frames} or more" if estimated else str(frames)
+        return APIError(413, f"{subject} has {amount} frames ({frames * self.seconds_per_frame:.1f} s); the limit "
+                             f"is {self.max_frames} ({self.max_frames * self.seconds_per_frame:.1f} s)",
+                        code=f"{code}_too_long", param=param)
 
     def check(self, mel: np.ndarray) -> np.ndarray:
         """A checked float32 mel `(n_mels, T)`."""

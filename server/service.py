@@ -8,14 +8,14 @@ import logging
 import math
 import time
 import warnings
-from typing import Annotated, AsyncIterator, Iterator
+from typing import Annotated, Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
 import torch
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from server.batching import BatchWorker, Job, queue_full
+from server.batching import BatchWorker, Call, Job, queue_full
 from server.edits import edit_mel
 from server.errors import APIError
 from server.formats import AudioFormat, FormatRegistry, audio_response, streaming_audio_response
@@ -165,13 +165,22 @@ class Service:
                                           self.mel_limits)
         if options.stream:
             return await self._stream(mel, options, audio_format, deadline)
-        future = worker.submit(Job(mel, options.sigma, options.denoise, options.seed, request.is_disconnected))
-        try:
-            result = await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0))
-        except asyncio.TimeoutError:
-            raise timed_out(self.settings) from None
+        result = await self._wait(worker.submit(Job(mel, options.sigma, options.denoise, options.seed,
+                                                    request.is_disconnected)), deadline)
         return await audio_response(audio_format, result.audio, model.sample_rate, options.sample_rate,
                                     result.inference_time, headers={"X-Batch-Size": str(result.batch_size)})
+
+    async def queued(self, request: Request, function: Callable[[], Any], deadline: float) -> Any:
+        """`function()`'s result, run on the device thread in its turn in the request queue, so
+        that it shares vocoding's queue limit (503 when full), concurrency and deadline (504)."""
+        _, worker = self.require_ready()
+        return await self._wait(worker.submit(Call(function, request.is_disconnected)), deadline)
+
+    async def _wait(self, future: asyncio.Future[Any], deadline: float) -> Any:
+        try:
+            return await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0))
+        except asyncio.TimeoutError:
+            raise timed_out(self.settings) from None
 
     async def _stream(self, mel: np.ndarray, options: VocodeOptions, audio_format: AudioFormat,
                       deadline: float) -> Response:

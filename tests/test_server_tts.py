@@ -4,7 +4,9 @@ checks at startup, and every client error."""
 from __future__ import annotations
 
 import io
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from test_tts import TINY
 from vocoder.mel import MelConfig
 from vocoder.mel_edit import shift_pitch
 from vocoder.text import checkpoint as tts_checkpoint
+from vocoder.text import espeak
 from vocoder.text.frontend import EspeakFrontend
 from vocoder.text.model import TextToMel
 
@@ -178,6 +181,56 @@ def test_tts_body_errors(client):
                  "unsupported_media_type")
     error = assert_error(client.post("/v1/tts", json={"text": TEXT, "format": "aiff"}), 422, "unsupported_format")
     assert error["param"] == "format"
+
+
+# -- bounded work per text request (issue 14, section 2) -----------------------------------------
+@pytest.mark.parametrize("speed", [0.25, 1.0, 4.0])
+def test_worst_case_text_is_refused_before_any_front_end_work(client, monkeypatch, speed):
+    """4096 digits used to make espeak-ng read for 19 to 46 minutes and build that mel before the 413."""
+    monkeypatch.setattr(espeak, "render_wav", lambda *args: pytest.fail("espeak-ng ran"))
+    started = time.perf_counter()
+    for path, body, param in [("/v1/tts", {"text": "9" * 4096, "speed": speed}, "text"),
+                              ("/v1/audio/speech", {**SPEECH, "input": "9" * 4096, "speed": speed}, "input")]:
+        error = assert_error(client.post(path, json=body), 413, "mel_too_long")
+        assert error["param"] == param and "an estimated" in error["message"] and "limit is 5168" in error["message"]
+    assert time.perf_counter() - started < 1.0
+
+
+def queue_depth(client: TestClient) -> float:
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith("vocoder_queue_depth "))
+    return float(line.split()[1])
+
+
+def test_the_text_front_end_waits_in_the_vocoding_queue_on_the_device_thread(model):
+    """The front-end used to run in Starlette's thread pool, outside the queue and its limits."""
+    frontend = EspeakFrontend(MelConfig())
+    make_mel = frontend.synthesize_mel
+    threads, entered, release = [], threading.Event(), threading.Event()
+
+    def held_synthesize(*args):
+        threads.append(threading.current_thread().name)
+        entered.set()
+        release.wait(10)
+        return make_mel(*args)
+
+    frontend.synthesize_mel = held_synthesize
+    with TestClient(create_app(Settings(queue_size=1), model, text_frontend=frontend)) as client, \
+            ThreadPoolExecutor(2) as pool:
+        wait_ready(client)
+        try:
+            running = pool.submit(client.post, "/v1/tts", json={"text": TEXT})
+            assert entered.wait(10)
+            waiting = pool.submit(client.post, "/v1/tts", json={"text": TEXT})
+            end = time.monotonic() + 10
+            while queue_depth(client) < 1:  # the second text request holds the one queue slot
+                assert time.monotonic() < end, "the text request never entered the queue"
+                time.sleep(0.02)
+            assert_error(client.post("/v1/vocode", json={"mel": [[-5.0] * 8] * 80}), 503, "queue_full")
+            assert_error(client.post("/v1/tts", json={"text": TEXT}), 503, "queue_full")
+        finally:
+            release.set()
+        assert running.result().status_code == 200 and waiting.result().status_code == 200
+    assert len(threads) == 2 and all(name.startswith("vocoder-device") for name in threads)
 
 
 # -- POST /v1/audio/speech -----------------------------------------------------------------------

@@ -15,8 +15,11 @@ from vocoder.errors import CheckpointError, VocoderError
 from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.text import SYMBOLS, TextError
 from vocoder.text import checkpoint as tts_checkpoint
-from vocoder.text.espeak import EspeakError, render_wav
+from vocoder.text import espeak
+from vocoder.text import model as text_model
+from vocoder.text.espeak import EspeakError, EspeakOutputTooLong, render_wav
 from vocoder.text.frontend import EspeakFrontend, FlowTextFrontend, load_text_frontend
+from vocoder.text.limits import SpeechTooLong
 from vocoder.text.model import AcousticConfig, MelFlow, TextToMel, prepare_text
 
 TINY = AcousticConfig(hidden_channels=16, n_conv_layers=1, n_attention_layers=1, n_heads=2, filter_channels=32,
@@ -255,6 +258,63 @@ def test_espeak_errors_are_clear():
         render_wav("a long sentence " * 50, timeout_s=1e-6)
     with pytest.raises(TextError):
         EspeakFrontend().synthesize_mel("\U0001F600")
+
+
+# -- bounded work: a short text must not make minutes of speech ----------------------------------------
+PROSE = ("Printing, in the only sense with which we are at present concerned, differs from most if not from all "
+         "the arts and crafts represented in the Exhibition. ")
+
+
+def test_espeak_is_stopped_once_its_output_passes_max_samples():
+    started = time.perf_counter()
+    with pytest.raises(EspeakOutputTooLong, match="longer than 22050 samples"):
+        render_wav(PROSE * 20, max_samples=espeak.SAMPLE_RATE)  # about 3 minutes of speech
+    assert time.perf_counter() - started < 2.0
+    assert len(render_wav("Hello.", max_samples=espeak.SAMPLE_RATE)) <= 44 + 2 * espeak.SAMPLE_RATE
+
+
+def test_espeak_fallback_refuses_long_speech_before_building_it(monkeypatch):
+    frontend = EspeakFrontend()
+    renders = []
+    monkeypatch.setattr(espeak, "render_wav", lambda *args: renders.append(args) or pytest.fail("espeak-ng ran"))
+    # 4096 digits are 4096 spoken words: refused from the text alone, at every speed.
+    for length_scale in (0.25, 1.0, 4.0):
+        assert frontend.min_frames("9" * 4096, length_scale) > 5168
+        with pytest.raises(SpeechTooLong, match="estimated") as refused:
+            frontend.synthesize_mel("9" * 4096, length_scale=length_scale, max_frames=5168)
+        assert refused.value.estimated and refused.value.frames > 5168
+    assert not renders
+
+
+def test_espeak_fallback_stops_speech_the_estimate_let_through(monkeypatch):
+    frontend = EspeakFrontend()
+    analysed = []
+    monkeypatch.setattr(frontend, "_mel", lambda audio: analysed.append(audio) or pytest.fail("mel was built"))
+    # Within the estimate (a few seconds of letters), but espeak-ng reads it in about 10 s.
+    assert frontend.min_frames(PROSE) < 200
+    with pytest.raises(SpeechTooLong, match="the limit is 200"):
+        frontend.synthesize_mel(PROSE, max_frames=200)
+    assert not analysed
+    # The estimate stays below what espeak-ng really says, and the limit lets real speech through.
+    for text in [PROSE, "Hello world.", "9" * 40, "Dr. Smith paid $3.50 at 5 pm."]:
+        mel = EspeakFrontend().synthesize_mel(text, max_frames=2000)
+        assert frontend.min_frames(text) < mel.shape[1]
+
+
+def test_flow_refuses_long_speech_before_the_alignment_and_the_mel(monkeypatch):
+    model = tiny_model().eval()
+    monkeypatch.setattr(text_model, "path_from_durations", lambda *args: pytest.fail("alignment was built"))
+    ids = torch.tensor([prepare_text("Hello world, this is a test.")[1]])
+    with pytest.raises(SpeechTooLong, match="the limit is 40") as refused:
+        model.infer(ids, length_scale=4.0, max_frames=40)
+    assert not refused.value.estimated  # the durations are known exactly
+    encodes = []
+    monkeypatch.setattr(model, "encode", lambda *args: encodes.append(args) or pytest.fail("encoder ran"))
+    with pytest.raises(SpeechTooLong) as refused:
+        model.infer(ids, max_frames=ids.shape[1] - 1)  # every token lasts a frame or more
+    assert refused.value.estimated and not encodes
+    frontend = FlowTextFrontend(tiny_model(), MelConfig(), "tiny")
+    assert frontend.min_frames("Hello world, this is a test.") == ids.shape[1]
 
 
 # -- overfitting real speech -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ in the project's convention (`vocoder.mel`), ready for the vocoder or for mel ed
 from __future__ import annotations
 
 import abc
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import torch
 from vocoder.audio import load_audio
 from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.text import checkpoint as tts_checkpoint
-from vocoder.text.espeak import EXECUTABLE, find_espeak, render_wav, words_per_minute
+from vocoder.text import espeak
+from vocoder.text.limits import SpeechTooLong, check_speech_frames
 from vocoder.text.model import TextToMel, check_controls, prepare_text
 
 
@@ -33,14 +35,24 @@ class TextFrontend(abc.ABC):
 
     @abc.abstractmethod
     def synthesize_mel(self, text: str, noise_scale: float = 0.667, length_scale: float = 1.0,
-                       seed: int | None = None) -> torch.Tensor:
+                       seed: int | None = None, max_frames: int | None = None) -> torch.Tensor:
         """Float32 mel `(n_mels, T)` on the CPU for raw English `text`.
 
         `noise_scale`: temperature of the sampled latent; `length_scale`: duration
         multiplier (2.0 is half as fast, same pitch); `seed`: reproducible sampling.
         Pitch is left to the caller, as a mel-domain edit of the result.
-        Raises `TextError` for text that cannot be spoken.
+        Raises `TextError` for text that cannot be spoken, and `SpeechTooLong` as soon as
+        the mel is known to be longer than `max_frames`, before it (or its audio) is built.
         """
+
+    @abc.abstractmethod
+    def min_frames(self, text: str, length_scale: float = 1.0) -> int:
+        """A cheap low estimate of the frames of `text`'s mel, from the text alone; `TextError`
+        for text that cannot be spoken."""
+
+    def check_length(self, text: str, length_scale: float, max_frames: int) -> None:
+        """`SpeechTooLong` if `min_frames` already exceeds `max_frames`: refused without the work."""
+        check_speech_frames(self.min_frames(text, length_scale), max_frames, estimated=True)
 
 
 class FlowTextFrontend(TextFrontend):
@@ -63,8 +75,13 @@ class FlowTextFrontend(TextFrontend):
         return cls(model, checkpoint.mel, f"{description} (checkpoint {path})")
 
     def synthesize_mel(self, text: str, noise_scale: float = 0.667, length_scale: float = 1.0,
-                       seed: int | None = None) -> torch.Tensor:
-        return self.model.synthesize(text, noise_scale, length_scale, seed).float().cpu()
+                       seed: int | None = None, max_frames: int | None = None) -> torch.Tensor:
+        return self.model.synthesize(text, noise_scale, length_scale, seed, max_frames).float().cpu()
+
+    def min_frames(self, text: str, length_scale: float = 1.0) -> int:
+        # Exact, for any weights: every token's predicted duration is rounded up to a whole frame.
+        _, ids = prepare_text(text)
+        return len(ids)
 
 
 class EspeakFrontend(TextFrontend):
@@ -80,24 +97,42 @@ class EspeakFrontend(TextFrontend):
     trained = False
 
     def __init__(self, mel_config: MelConfig | None = None, voice: str = "en-us", timeout_s: float = 10.0,
-                 executable: str = EXECUTABLE) -> None:
-        self.executable = find_espeak(executable)
+                 executable: str = espeak.EXECUTABLE) -> None:
+        self.executable = espeak.find_espeak(executable)
         self.mel_config = mel_config or MelConfig()
         self.voice = voice
         self.timeout_s = timeout_s
         self._mel = MelSpectrogram(self.mel_config)
 
     def synthesize_mel(self, text: str, noise_scale: float = 0.667, length_scale: float = 1.0,
-                       seed: int | None = None) -> torch.Tensor:
+                       seed: int | None = None, max_frames: int | None = None) -> torch.Tensor:
         check_controls(noise_scale, length_scale)
         # The normalized text reads the same words the trained model would, and holds no
         # espeak-ng markup such as "[[phonemes]]".
         normalized, _ = prepare_text(text)
-        wav = render_wav(normalized, words_per_minute(length_scale), self.voice, self.timeout_s, self.executable)
+        speed = espeak.words_per_minute(length_scale)
+        check_speech_frames(self._min_frames(normalized, speed), max_frames, estimated=True)
+        max_samples = None
+        if max_frames is not None:
+            # One frame more than allowed, at espeak-ng's rate: output past it cannot fit.
+            max_samples = math.ceil((max_frames + 1) * self.mel_config.hop_length * espeak.SAMPLE_RATE
+                                    / self.mel_config.sample_rate)
+        try:
+            wav = espeak.render_wav(normalized, speed, self.voice, self.timeout_s, self.executable, max_samples)
+        except espeak.EspeakOutputTooLong:
+            raise SpeechTooLong(max_frames + 1, max_frames, estimated=True) from None
         audio = load_audio(wav, self.mel_config.sample_rate)
         audio = np.pad(audio, (0, max(0, self.mel_config.min_samples - audio.size)))
         with torch.no_grad():
             return self._mel(torch.from_numpy(audio))[0]
+
+    def min_frames(self, text: str, length_scale: float = 1.0) -> int:
+        normalized, _ = prepare_text(text)
+        return self._min_frames(normalized, espeak.words_per_minute(length_scale))
+
+    def _min_frames(self, normalized: str, speed: int) -> int:
+        seconds = espeak.min_seconds(normalized, speed)
+        return math.floor(seconds * self.mel_config.sample_rate / self.mel_config.hop_length)
 
 
 def load_text_frontend(path: str | Path | None = None, device: str | torch.device = "cpu",

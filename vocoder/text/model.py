@@ -17,6 +17,7 @@ from vocoder.flow import Invertible1x1Conv, length_mask
 from vocoder.mel import MelConfig
 from vocoder.serialization import DictConfig
 from vocoder.text.alignment import monotonic_alignment
+from vocoder.text.limits import check_speech_frames
 from vocoder.text.normalize import normalize_text
 from vocoder.text.symbols import PAD_ID, SYMBOLS, TextError, text_to_ids
 
@@ -408,23 +409,28 @@ class TextToMel(nn.Module):
 
     @torch.no_grad()
     def infer(self, tokens: torch.Tensor, token_lengths: torch.Tensor | None = None, noise_scale: float = 0.667,
-              length_scale: float = 1.0, generator: torch.Generator | None = None
+              length_scale: float = 1.0, generator: torch.Generator | None = None, max_frames: int | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens `(B, N)` to mels `(B, n_mels, T)` and their lengths `(B,)` in frames.
 
         `noise_scale` is the temperature of the prior sample (0: its mean); `length_scale`
         multiplies every predicted duration (2: half as fast, same pitch). Lengths are
         rounded up to a multiple of `n_squeeze` by lengthening each item's last token.
+        `SpeechTooLong` when an item would exceed `max_frames`: before the encoder if it has
+        more tokens than that (each lasts a frame or more), else once the durations are known,
+        before the alignment `(B, N, T)` and the mel are built.
         """
         check_controls(noise_scale, length_scale)
         tokens = tokens.to(self.device)
         token_lengths = self._full_lengths(tokens, token_lengths)
+        check_speech_frames(int(token_lengths.max()), max_frames, estimated=True)
         mean, log_std, log_durations, token_mask = self.encode(tokens, token_lengths)
         durations = (torch.ceil(torch.exp(log_durations) * length_scale) * token_mask)[:, 0].long()
         shortfall = -durations.sum(dim=1) % self.config.n_squeeze
         items = torch.arange(tokens.shape[0], device=tokens.device)
         durations[items, token_lengths - 1] += shortfall
         mel_lengths = durations.sum(dim=1)
+        check_speech_frames(int(mel_lengths.max()), max_frames, estimated=False)
         path = path_from_durations(durations, int(mel_lengths.max()))
         frame_mean = torch.matmul(mean, path)
         frame_std = torch.exp(torch.matmul(log_std, path))
@@ -434,11 +440,11 @@ class TextToMel(nn.Module):
         return self.decoder.reverse(z, mel_lengths), mel_lengths
 
     def synthesize(self, text: str, noise_scale: float = 0.667, length_scale: float = 1.0,
-                   seed: int | None = None) -> torch.Tensor:
+                   seed: int | None = None, max_frames: int | None = None) -> torch.Tensor:
         """Mel `(n_mels, T)` for raw English `text` (normalized here); `seed` makes the
-        prior sample reproducible."""
+        prior sample reproducible; `max_frames` as in `infer`."""
         _, ids = prepare_text(text)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         mel, _ = self.infer(torch.tensor([ids]), noise_scale=noise_scale, length_scale=length_scale,
-                            generator=generator)
+                            generator=generator, max_frames=max_frames)
         return mel[0]
