@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vocoder.errors import VocoderError
@@ -87,6 +88,17 @@ async def _handle_vocoder_error(request: Request, error: VocoderError) -> JSONRe
     return error_response(APIError(422, str(error), code="invalid_input"))
 
 
+def client_disconnected() -> APIError:
+    # 499 is nginx's "client closed request": no client reads it, but metrics count it apart from 5xx.
+    return APIError(499, "the client closed the request", code="client_disconnected")
+
+
+async def _handle_client_disconnect(request: Request, error: ClientDisconnect) -> JSONResponse:
+    # The client's doing, not a fault here: one quiet line, no traceback.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(client_disconnected())
+
+
 async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     # The traceback goes to the log only; the client learns nothing about the internals.
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
@@ -94,10 +106,12 @@ async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render HTTP, validation, library and unexpected errors in the one JSON error shape."""
+    """Render HTTP, validation, library and unexpected errors in the one JSON error shape, and
+    count a client that left mid-request as 499."""
     app.add_exception_handler(HTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(VocoderError, _handle_vocoder_error)
+    app.add_exception_handler(ClientDisconnect, _handle_client_disconnect)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 

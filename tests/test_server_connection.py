@@ -1,0 +1,71 @@
+"""The service's side of the connection under real uvicorn, driven by raw sockets: clients that
+leave mid-upload or after a large upload, and bodies that never finish arriving."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Iterator
+
+import httpx
+import pytest
+
+from server.settings import Settings
+from test_server import npy_bytes, one_torch_thread, random_mel  # noqa: F401 (fixture)
+from test_server_integration import metric, model, running_server, slow_down  # noqa: F401 (fixture)
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def upload_head(length: int) -> bytes:
+    return (f"POST /v1/vocode?format=pcm HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-npy\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+class Records(logging.Handler):
+    """Every record of the loggers it is attached to (uvicorn's do not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    handler = Records()
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn")]  # "uvicorn" stops propagation
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+def test_abandoned_uploads_are_499_not_server_errors(model, records):
+    body = npy_bytes(random_mel(300))
+    with running_server(Settings(), model) as url:
+        for _ in range(5):
+            with connect(url) as sock:
+                sock.sendall(upload_head(len(body)) + body[:len(body) // 2])
+                time.sleep(0.1)  # the route is reading the body when the client leaves
+        time.sleep(0.3)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert metric(metrics, 'vocoder_http_requests_total{endpoint="/v1/vocode",method="POST",status="499"}') == 5
+    assert 'status="500"' not in metrics
+    assert not [record.getMessage() for record in records.records if record.levelno >= logging.ERROR]
+    assert not [record.getMessage() for record in records.records if record.exc_info]
+    assert len([record for record in records.records if "disconnect" in record.getMessage()]) <= 5
