@@ -1,6 +1,5 @@
 """Every error leaves the service as OpenAI-style JSON, {"error": {"message", "type", "param", "code"}}:
-the `APIError` exception, the handlers that render it (and FastAPI's own errors) in that shape,
-and the request-body size guard that turns oversized bodies into 413s.
+the `APIError` exception and the handlers that render it (and FastAPI's own errors) in that shape.
 """
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vocoder.errors import VocoderError
 
@@ -113,59 +111,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(VocoderError, _handle_vocoder_error)
     app.add_exception_handler(ClientDisconnect, _handle_client_disconnect)
     app.add_exception_handler(Exception, _handle_unexpected)
-
-
-def body_too_large(limit: int) -> APIError:
-    return APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over `max_bytes`: at once by Content-Length, and while reading for chunked
-    bodies or lying Content-Length headers."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await error_response(body_too_large(self.max_bytes))(scope, receive, send)
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise body_too_large(self.max_bytes)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except APIError as error:
-            # Raised from `receive` outside any route's exception handling (e.g. by a middleware).
-            if started or error.status_code != 413:
-                raise
-            await error_response(error)(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

@@ -2,6 +2,7 @@
 leave mid-upload or after a large upload, and bodies that never finish arriving."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -69,3 +70,17 @@ def test_abandoned_uploads_are_499_not_server_errors(model, records):
     assert not [record.getMessage() for record in records.records if record.levelno >= logging.ERROR]
     assert not [record.getMessage() for record in records.records if record.exc_info]
     assert len([record for record in records.records if "disconnect" in record.getMessage()]) <= 5
+
+
+def test_body_that_never_arrives_gets_408(model):
+    with running_server(Settings(body_timeout=0.5), model) as url:
+        with connect(url) as sock:
+            started = time.monotonic()
+            sock.sendall(upload_head(1000) + b"\x93NUMPY\x01\x00v\x00")  # 10 of the 1000 promised bytes
+            response = read_response(sock)  # the server answers, then closes the connection
+            waited = time.monotonic() - started
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), response
+    assert json.loads(payload)["error"]["code"] == "body_timeout"
+    assert 0.4 < waited < 5
