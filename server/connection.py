@@ -1,7 +1,11 @@
 """What the service asks of the connection under a request: a body no larger than `max_body_bytes`
-that arrives within `body_timeout` (else 413 or 408).
+that arrives within `body_timeout` (else 413 or 408), and, once the body is in, noticing when the
+client leaves so that its queued work can be dropped.
 """
 from __future__ import annotations
+
+import asyncio
+from types import TracebackType
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,3 +88,33 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class DisconnectWatch:
+    """Waits on `receive` in the background after the body has been read, when the only message
+    left to come is `http.disconnect`. Waiting is what makes it arrive: uvicorn stops reading the
+    socket once a body passes its 64 KB buffer and resumes only when the app calls `receive`, so
+    polling (`Request.is_disconnected`) never sees a client that left after a large upload.
+
+    Use as a context manager around the wait for the request's result."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> DisconnectWatch:
+        self._task = asyncio.get_running_loop().create_task(self._listen(), name="disconnect-watch")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _listen(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+    async def is_disconnected(self) -> bool:
+        task = self._task
+        return task is not None and task.done() and not task.cancelled() and task.exception() is None

@@ -16,6 +16,7 @@ from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.batching import BatchWorker, Job, queue_full
+from server.connection import DisconnectWatch
 from server.edits import edit_mel
 from server.errors import APIError
 from server.formats import AudioFormat, FormatRegistry, audio_response, streaming_audio_response
@@ -165,11 +166,12 @@ class Service:
                                           self.mel_limits)
         if options.stream:
             return await self._stream(mel, options, audio_format, deadline)
-        future = worker.submit(Job(mel, options.sigma, options.denoise, options.seed, request.is_disconnected))
-        try:
-            result = await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0))
-        except asyncio.TimeoutError:
-            raise timed_out(self.settings) from None
+        with DisconnectWatch(request.receive) as watch:
+            future = worker.submit(Job(mel, options.sigma, options.denoise, options.seed, watch.is_disconnected))
+            try:
+                result = await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0))
+            except asyncio.TimeoutError:
+                raise timed_out(self.settings) from None
         return await audio_response(audio_format, result.audio, model.sample_rate, options.sample_rate,
                                     result.inference_time, headers={"X-Batch-Size": str(result.batch_size)})
 

@@ -72,6 +72,28 @@ def test_abandoned_uploads_are_499_not_server_errors(model, records):
     assert len([record for record in records.records if "disconnect" in record.getMessage()]) <= 5
 
 
+@pytest.mark.parametrize("frames", [150, 3000])  # 48 KB and 960 KB: below and above uvicorn's 64 KB read buffer
+def test_work_of_a_client_that_left_is_dropped_for_any_body_size(model, monkeypatch, frames):
+    slow_down(monkeypatch, model, 1.5)  # long enough for the large uploads to be read and queued
+    body = npy_bytes(random_mel(frames, seed=2))
+    with running_server(Settings(max_batch=1), model) as url:
+        with connect(url) as busy:
+            busy.sendall(upload_head(len(body)) + body)  # occupies the worker
+            time.sleep(0.2)
+            # Several clients, as whether a single upload ends with uvicorn's reading paused depends on timing.
+            impatient = [connect(url) for _ in range(3)]
+            for sock in impatient:
+                sock.sendall(upload_head(len(body)) + body)
+            time.sleep(0.6)  # read in full and queued behind the busy request
+            for sock in impatient:
+                sock.close()
+            assert read_response(busy).startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)  # the worker reaches the dropped jobs just after the busy one
+        metrics = httpx.get(f"{url}/metrics").text
+    assert metric(metrics, 'vocoder_dropped_requests_total{reason="disconnected"}') == 3
+    assert metric(metrics, "vocoder_batch_size_count") == 2  # warm-up and the busy request only
+
+
 def test_body_that_never_arrives_gets_408(model):
     with running_server(Settings(body_timeout=0.5), model) as url:
         with connect(url) as sock:
