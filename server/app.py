@@ -12,6 +12,7 @@ from typing import Annotated, AsyncIterator
 import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
@@ -143,9 +144,11 @@ def create_app(settings: Settings | None = None, model: Vocoder | None = None,
     settings = settings or Settings()
     logging.getLogger("server").setLevel(settings.log_level.upper())
     service = Service(settings, model, text_frontend)
-    app = FastAPI(title="flow-vocoder", version=__version__, lifespan=_lifespan,
-                  description="Mel spectrogram or text to audio with a WaveGlow-style flow vocoder, and "
-                              "pitch and speed edits of recordings. See docs/SERVICE.md for the full reference.")
+    # FastAPIOffline serves /docs and /redoc from packaged assets, not a CDN, so they work offline.
+    app = FastAPIOffline(title="flow-vocoder", version=__version__, lifespan=_lifespan,
+                         description="Mel spectrogram or text to audio with a WaveGlow-style flow vocoder, and "
+                                     "pitch and speed edits of recordings. See docs/SERVICE.md for the full "
+                                     "reference.")
     app.state.service = service
     install_error_handlers(app)
 
