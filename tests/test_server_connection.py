@@ -106,3 +106,14 @@ def test_body_that_never_arrives_gets_408(model):
     assert head.startswith(b"HTTP/1.1 408"), response
     assert json.loads(payload)["error"]["code"] == "body_timeout"
     assert 0.4 < waited < 5
+
+
+def test_protocol_errors_are_uvicorns_plain_text_400(model):
+    """Documented in docs/SERVICE.md: invalid HTTP never reaches the app, so it is not JSON."""
+    with running_server(Settings(), model) as url:
+        with connect(url) as sock:
+            sock.sendall(b"POST /v1/vocode HTTP/1.1\r\nHost: test\r\nContent-Length: ten\r\n\r\n")
+            response = read_response(sock)
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"text/plain" in head
+    assert payload == b"Invalid HTTP request received."
