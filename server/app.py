@@ -12,12 +12,14 @@ from typing import Annotated, AsyncIterator
 import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from server.bodies import (NPY_MEDIA_TYPES, edit_openapi, json_openapi, media_type, mel_from_json, mel_from_npy,
                            unsupported_media_type, uploaded_file, vocode_openapi)
-from server.errors import BodyLimitMiddleware, install_error_handlers
+from server.connection import BodyGuardMiddleware
+from server.errors import install_error_handlers
 from server.formats import SAMPLE_RATE_RANGE
 from server.metrics import MetricsMiddleware
 from server.routes_edit import edit
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 EXPOSED_HEADERS = ["X-Audio-Duration", "X-Inference-Time", "X-Sample-Rate", "X-Batch-Size"]
 ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": description} for status, description in {
     400: "malformed body (not JSON, not .npy, unreadable audio, broken multipart)",
+    408: "the body did not arrive within body_timeout",
     413: "body larger than max_body_bytes, or a mel, speech or audio longer than max_frames",
     415: "unsupported Content-Type",
     422: "invalid input or parameter",
@@ -141,9 +144,11 @@ def create_app(settings: Settings | None = None, model: Vocoder | None = None,
     settings = settings or Settings()
     logging.getLogger("server").setLevel(settings.log_level.upper())
     service = Service(settings, model, text_frontend)
-    app = FastAPI(title="flow-vocoder", version=__version__, lifespan=_lifespan,
-                  description="Mel spectrogram or text to audio with a WaveGlow-style flow vocoder, and "
-                              "pitch and speed edits of recordings. See docs/SERVICE.md for the full reference.")
+    # FastAPIOffline serves /docs and /redoc from packaged assets, not a CDN, so they work offline.
+    app = FastAPIOffline(title="flow-vocoder", version=__version__, lifespan=_lifespan,
+                         description="Mel spectrogram or text to audio with a WaveGlow-style flow vocoder, and "
+                                     "pitch and speed edits of recordings. See docs/SERVICE.md for the full "
+                                     "reference.")
     app.state.service = service
     install_error_handlers(app)
 
@@ -164,8 +169,8 @@ def create_app(settings: Settings | None = None, model: Vocoder | None = None,
         app.add_api_route(path, endpoint, methods=["POST"], tags=[tag], response_class=Response,
                           responses=ERROR_RESPONSES, openapi_extra=openapi)
 
-    # Added innermost first: the body limit sits inside CORS, and metrics see every response.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added innermost first: the body guard sits inside CORS, and metrics see every response.
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=EXPOSED_HEADERS)

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import numpy as np
 import torch
 
-from server.errors import APIError
+from server.errors import APIError, client_disconnected
 from server.metrics import ServiceMetrics
 from vocoder.inference import Vocoder
 
@@ -187,7 +187,7 @@ class BatchWorker:
             if work.future.done():
                 self.metrics.dropped.labels("cancelled").inc()
             elif await work.is_disconnected():
-                work.future.set_exception(APIError(499, "the client closed the request", code="client_disconnected"))
+                work.future.set_exception(client_disconnected())
                 self.metrics.dropped.labels("disconnected").inc()
             else:
                 wanted.append(work)

@@ -1,6 +1,5 @@
 """Every error leaves the service as OpenAI-style JSON, {"error": {"message", "type", "param", "code"}}:
-the `APIError` exception, the handlers that render it (and FastAPI's own errors) in that shape,
-and the request-body size guard that turns oversized bodies into 413s.
+the `APIError` exception and the handlers that render it (and FastAPI's own errors) in that shape.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
 
 from vocoder.errors import VocoderError
 
@@ -87,6 +86,17 @@ async def _handle_vocoder_error(request: Request, error: VocoderError) -> JSONRe
     return error_response(APIError(422, str(error), code="invalid_input"))
 
 
+def client_disconnected() -> APIError:
+    # 499 is nginx's "client closed request": no client reads it, but metrics count it apart from 5xx.
+    return APIError(499, "the client closed the request", code="client_disconnected")
+
+
+async def _handle_client_disconnect(request: Request, error: ClientDisconnect) -> JSONResponse:
+    # The client's doing, not a fault here: one quiet line, no traceback.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(client_disconnected())
+
+
 async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     # The traceback goes to the log only; the client learns nothing about the internals.
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
@@ -94,64 +104,10 @@ async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render HTTP, validation, library and unexpected errors in the one JSON error shape."""
+    """Render HTTP, validation, library and unexpected errors in the one JSON error shape, and
+    count a client that left mid-request as 499."""
     app.add_exception_handler(HTTPException, _handle_http_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(VocoderError, _handle_vocoder_error)
+    app.add_exception_handler(ClientDisconnect, _handle_client_disconnect)
     app.add_exception_handler(Exception, _handle_unexpected)
-
-
-def body_too_large(limit: int) -> APIError:
-    return APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over `max_bytes`: at once by Content-Length, and while reading for chunked
-    bodies or lying Content-Length headers."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await error_response(body_too_large(self.max_bytes))(scope, receive, send)
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise body_too_large(self.max_bytes)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except APIError as error:
-            # Raised from `receive` outside any route's exception handling (e.g. by a middleware).
-            if started or error.status_code != 413:
-                raise
-            await error_response(error)(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

@@ -16,6 +16,7 @@ from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.batching import BatchWorker, Call, Job, queue_full
+from server.connection import DisconnectWatch
 from server.edits import edit_mel
 from server.errors import APIError
 from server.formats import AudioFormat, FormatRegistry, audio_response, streaming_audio_response
@@ -165,8 +166,9 @@ class Service:
                                           self.mel_limits)
         if options.stream:
             return await self._stream(mel, options, audio_format, deadline)
-        result = await self._wait(worker.submit(Job(mel, options.sigma, options.denoise, options.seed,
-                                                    request.is_disconnected)), deadline)
+        with DisconnectWatch(request.receive) as watch:
+            result = await self._wait(worker.submit(Job(mel, options.sigma, options.denoise, options.seed,
+                                                        watch.is_disconnected)), deadline)
         return await audio_response(audio_format, result.audio, model.sample_rate, options.sample_rate,
                                     result.inference_time, headers={"X-Batch-Size": str(result.batch_size)})
 
@@ -174,7 +176,8 @@ class Service:
         """`function()`'s result, run on the device thread in its turn in the request queue, so
         that it shares vocoding's queue limit (503 when full), concurrency and deadline (504)."""
         _, worker = self.require_ready()
-        return await self._wait(worker.submit(Call(function, request.is_disconnected)), deadline)
+        with DisconnectWatch(request.receive) as watch:
+            return await self._wait(worker.submit(Call(function, watch.is_disconnected)), deadline)
 
     async def _wait(self, future: asyncio.Future[Any], deadline: float) -> Any:
         try:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, le=100_000, description="requests that may wait; more get 503")
     max_frames: int = Field(DEFAULT_MAX_FRAMES, ge=8, description="longest mel accepted; longer gets 413")
     request_timeout: float = Field(30.0, gt=0, description="seconds before a waiting request gets 504")
+    body_timeout: float = Field(30.0, gt=0, description="seconds for the whole request body to arrive; "
+                                                       "slower gets 408")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body; larger gets 413")
     stream_chunk_frames: int = Field(128, ge=8, description="mel frames per chunk of a streamed response")
     torch_threads: int | None = Field(None, ge=1, le=1024,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import pickle
+import re
 import time
 import warnings
 
@@ -164,7 +165,19 @@ def test_openapi_documents_every_body_type_and_its_example_works(client):
     example = body["application/json"]["example"]
     assert example == EXAMPLE_REQUEST
     assert client.post("/v1/vocode", json=example).status_code == 200
-    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_the_service(client, page):
+    """Offline (no CDN), the pages must still render: every script and stylesheet is served here."""
+    html = client.get(page)
+    assert html.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+    assert assets
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 10_000
 
 
 # -- vocoding ------------------------------------------------------------------------------------
