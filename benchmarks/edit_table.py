@@ -17,12 +17,12 @@ import librosa
 import numpy as np
 import torch
 
-from vocoder import editing
+from vocoder import latents
 from vocoder.audio import load_audio
 from vocoder.evaluation.griffin_lim import griffin_lim_from_mel
 from vocoder.evaluation.metrics import EDITED_F0_RANGE_HZ, f0_track
 from vocoder.inference import Vocoder
-from vocoder.mel_edit import frame_map, shift_pitch
+from vocoder.mel_transform import frame_map, shift_pitch
 
 SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech" / "ljspeech"
 DEFAULT_CLIPS = ("LJ001-0002", "LJ001-0003", "LJ001-0005")
@@ -78,14 +78,14 @@ def measure(model: Vocoder, clips: list[np.ndarray], sigma: float, seed: int) ->
     for number, audio in enumerate(clips, 1):
         print(f"clip {number}/{len(clips)}", file=sys.stderr)
         reference = f0_track(audio, rate_hz, EDITED_F0_RANGE_HZ)
-        latent = editing.encode(model, audio)
-        redrawn = editing.redraw(latent, sigma, seed)
+        latent = latents.encode(model, audio)
+        redrawn = latents.redraw(latent, sigma, seed)
         mel = latent.mel[0].numpy()
         for s in PITCHES:
             outputs = {
                 "gl": griffin_lim_from_mel(shift_pitch(mel, s, config), config, length=audio.size),
-                "kept": editing.decode(model, editing.pitch(latent, s)),
-                "redrawn": editing.decode(model, editing.pitch(redrawn, s)),
+                "kept": latents.decode(model, latents.pitch(latent, s)),
+                "redrawn": latents.decode(model, latents.pitch(redrawn, s)),
             }
             for path, out in outputs.items():
                 median, share = f0_change(reference, f0_track(out, rate_hz, EDITED_F0_RANGE_HZ), s)
@@ -95,8 +95,8 @@ def measure(model: Vocoder, clips: list[np.ndarray], sigma: float, seed: int) ->
             source, length = frame_map(latent.frames, latent.length, r, config.hop_length)
             outputs = {
                 "gl": griffin_lim_from_mel(mel[:, source], config, length=length),
-                # What `vocoder edit` does (a pitch-conditioned model redraws z; see editing.edit_and_decode).
-                "model": editing.edit_and_decode(model, latent, rate=r),
+                # What `vocoder edit` does (a pitch-conditioned model redraws z; see latents.edit_and_decode).
+                "model": latents.edit_and_decode(model, latent, rate=r),
             }
             for path, out in outputs.items():
                 speed_cells[r, f"{path}_length"].values.append(out.size / audio.size)

@@ -22,7 +22,7 @@ from server.connection import BodyGuardMiddleware
 from server.errors import install_error_handlers
 from server.formats import SAMPLE_RATE_RANGE
 from server.metrics import MetricsMiddleware
-from server.routes_edit import edit
+from server.routes_audio import edit
 from server.routes_text import SPEECH_EXAMPLE, TTS_EXAMPLE, SpeechRequest, TTSRequest, speech, tts
 from server.schemas import (DEFAULT_NOISE_SCALE, DEFAULT_SIGMA, DENOISE_RANGE, NOISE_SCALE_RANGE, PITCH_RANGE,
                             SIGMA_RANGE, SPEED_RANGE, ErrorResponse, FlowSummary, Limits, MelLimits, ModelInfo, Range,

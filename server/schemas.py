@@ -14,7 +14,7 @@ from server.errors import APIError
 from server.formats import SAMPLE_RATE_RANGE
 from vocoder.inference import MAX_SEED, mel_range_message
 from vocoder.mel import MelConfig
-from vocoder.mel_edit import PITCH_RANGE, SPEED_RANGE
+from vocoder.mel_transform import PITCH_RANGE, SPEED_RANGE
 
 SIGMA_RANGE = (0.0, 1.5)
 DEFAULT_SIGMA = 0.6

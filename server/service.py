@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.batching import BatchWorker, Call, Job, queue_full
 from server.connection import DisconnectWatch
-from server.edits import edit_mel
+from server.pitch_speed import edit_mel
 from server.errors import APIError
 from server.formats import AudioFormat, FormatRegistry, audio_response, streaming_audio_response
 from server.metrics import ServiceMetrics

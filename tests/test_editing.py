@@ -11,7 +11,7 @@ import torch
 
 from speech import speech_clip
 from tiny import TINY_CONFIGS, randomise_end_layers
-from vocoder import editing
+from vocoder import latents
 from vocoder.audio import load_audio
 from vocoder.cli import main
 from vocoder.config import FlowConfig
@@ -19,7 +19,7 @@ from vocoder.evaluation.griffin_lim import griffin_lim_from_mel
 from vocoder.evaluation.metrics import EDITED_F0_RANGE_HZ, f0_track
 from vocoder.inference import Vocoder
 from vocoder.mel import MelConfig, MelSpectrogram
-from vocoder.mel_edit import EditError, frame_map, shift_pitch
+from vocoder.mel_transform import EditError, frame_map, shift_pitch
 from vocoder.pretrained import default_checkpoint
 
 CLIP = "LJ001-0002"  # 1.9 s, voiced over most of its length
@@ -60,23 +60,23 @@ def speech():
 def test_encode_decode_round_trip(name):
     model = tiny_vocoder(name)
     audio = noise_clip()
-    latent = editing.encode(model, audio)
+    latent = latents.encode(model, audio)
     frames = audio.size // model.hop_length + 1
     assert latent.mel.shape == (1, model.flow.config.n_mels, frames)
     assert tuple(latent.z.shape) == model.flow.latent_shape(1, frames)
-    assert np.abs(editing.decode(model, latent) - audio).max() <= 1e-3
+    assert np.abs(latents.decode(model, latent) - audio).max() <= 1e-3
     # The flow really transforms: the same z under another mel gives other audio.
-    other = editing.Latent(latent.mel + 1.0, latent.z, latent.length, latent.config)
-    assert np.abs(editing.decode(model, other) - audio).max() > 1e-3
+    other = latents.Latent(latent.mel + 1.0, latent.z, latent.length, latent.config)
+    assert np.abs(latents.decode(model, other) - audio).max() > 1e-3
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5, 0.8, 1.25, 2.0, 4.0])
 def test_speed_moves_whole_z_columns(rate):
     model = tiny_vocoder("waveglow")  # 4 z columns per frame
     audio = noise_clip()
-    latent = editing.encode(model, audio)
-    fast = editing.speed(latent, rate)
-    out = editing.decode(model, fast)
+    latent = latents.encode(model, audio)
+    fast = latents.speed(latent, rate)
+    out = latents.decode(model, fast)
     assert abs(out.size - audio.size / rate) <= model.hop_length
     per = latent.groups_per_frame
     sources = []
@@ -92,7 +92,7 @@ def test_speed_moves_whole_z_columns(rate):
 def test_speed_one_is_identity():
     model = tiny_vocoder("efficient")
     audio = noise_clip()
-    assert np.abs(editing.decode(model, editing.speed(editing.encode(model, audio), 1.0)) - audio).max() <= 1e-3
+    assert np.abs(latents.decode(model, latents.speed(latents.encode(model, audio), 1.0)) - audio).max() <= 1e-3
 
 
 @pytest.mark.parametrize("semitones", [-7, -3, 3, 7])
@@ -137,11 +137,11 @@ def test_speed_through_griffin_lim_keeps_pitch(speech, rate):
 
 
 @pytest.mark.parametrize("edit, value, words", [
-    (editing.speed, 0.2, "0.25-4"), (editing.speed, 5.0, "0.25-4"), (editing.speed, float("nan"), "0.25-4"),
-    (editing.pitch, 12.5, "-12 to +12"), (editing.pitch, -13.0, "-12 to +12"),
+    (latents.speed, 0.2, "0.25-4"), (latents.speed, 5.0, "0.25-4"), (latents.speed, float("nan"), "0.25-4"),
+    (latents.pitch, 12.5, "-12 to +12"), (latents.pitch, -13.0, "-12 to +12"),
 ])
 def test_out_of_range_edits_name_the_range(edit, value, words):
-    latent = editing.encode(tiny_vocoder("efficient"), noise_clip())
+    latent = latents.encode(tiny_vocoder("efficient"), noise_clip())
     with pytest.raises(EditError, match=re.escape(words)):
         edit(latent, value)
 
@@ -149,44 +149,44 @@ def test_out_of_range_edits_name_the_range(edit, value, words):
 def test_mel_input_sigma_and_edits():
     model = tiny_vocoder("efficient")
     mel = torch.randn(model.flow.config.n_mels, 50) - 5
-    latent = editing.from_mel(model, mel, sigma=0.5, seed=3)
+    latent = latents.from_mel(model, mel, sigma=0.5, seed=3)
     assert latent.length == 50 * model.hop_length
     assert abs(latent.z.std().item() - 0.5) < 0.05
-    assert torch.equal(latent.z, editing.from_mel(model, mel, sigma=0.5, seed=3).z)
+    assert torch.equal(latent.z, latents.from_mel(model, mel, sigma=0.5, seed=3).z)
     # Same noise and temperature as plain inference with that seed.
     expected = model.infer(mel, sigma=0.5, z=model.sample_latent(50, seed=3), chunk_frames=None)[0].numpy()
-    assert np.abs(editing.decode(model, latent) - expected).max() < 1e-4
-    assert editing.from_mel(model, mel, sigma=0.0).z.abs().max() == 0
-    edited = editing.speed(editing.pitch(latent, 3), 2.0)
-    assert edited.length == 25 * model.hop_length and editing.decode(model, edited).shape == (edited.length,)
-    assert abs(editing.redraw(latent, sigma=1.2, seed=0).z.std().item() - 1.2) < 0.1
+    assert np.abs(latents.decode(model, latent) - expected).max() < 1e-4
+    assert latents.from_mel(model, mel, sigma=0.0).z.abs().max() == 0
+    edited = latents.speed(latents.pitch(latent, 3), 2.0)
+    assert edited.length == 25 * model.hop_length and latents.decode(model, edited).shape == (edited.length,)
+    assert abs(latents.redraw(latent, sigma=1.2, seed=0).z.std().item() - 1.2) < 0.1
     with pytest.raises(EditError, match="sigma"):
-        editing.redraw(latent, sigma=-1.0)
+        latents.redraw(latent, sigma=-1.0)
 
 
 def test_interpolation_endpoints_and_prior():
     model = tiny_vocoder("efficient")
     n_mels = model.flow.config.n_mels
-    a = editing.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=1)
-    b = editing.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=2)
-    start, end = editing.interpolate(a, b, 0.0), editing.interpolate(a, b, 1.0)
+    a = latents.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=1)
+    b = latents.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=2)
+    start, end = latents.interpolate(a, b, 0.0), latents.interpolate(a, b, 1.0)
     assert torch.equal(start.mel, a.mel) and torch.equal(start.z, a.z)
     assert torch.allclose(end.mel, b.mel) and torch.allclose(end.z, b.z, atol=1e-6)
-    middle = editing.interpolate(a, b, 0.5)
+    middle = latents.interpolate(a, b, 0.5)
     assert torch.allclose(middle.mel, (a.mel + b.mel) / 2)
     assert abs(middle.z.std().item() - 1.0) < 0.05  # a linear mix would give 0.71
-    same_noise = editing.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=1)
-    assert torch.equal(editing.interpolate(a, same_noise, 0.5).z, a.z)
+    same_noise = latents.from_mel(model, torch.randn(n_mels, 200) - 5, sigma=1.0, seed=1)
+    assert torch.equal(latents.interpolate(a, same_noise, 0.5).z, a.z)
     with pytest.raises(EditError, match="same length"):
-        editing.interpolate(a, editing.from_mel(model, torch.randn(n_mels, 120) - 5, seed=2), 0.5)
+        latents.interpolate(a, latents.from_mel(model, torch.randn(n_mels, 120) - 5, seed=2), 0.5)
     with pytest.raises(EditError, match="0-1"):
-        editing.interpolate(a, b, 1.5)
+        latents.interpolate(a, b, 1.5)
 
 
 def test_decode_rejects_latent_of_another_model():
-    latent = editing.encode(tiny_vocoder("efficient"), noise_clip())
+    latent = latents.encode(tiny_vocoder("efficient"), noise_clip())
     with pytest.raises(EditError, match="this model needs"):
-        editing.decode(tiny_vocoder("waveglow"), latent)
+        latents.decode(tiny_vocoder("waveglow"), latent)
 
 
 def test_cli_edit(tmp_path, capsys):
@@ -220,14 +220,14 @@ def test_bundled_model_edits_end_to_end(speech):
                     "need a trained model")
     config, audio, _, reference = speech
     model = Vocoder.from_pretrained(path)
-    latent = editing.encode(model, audio)
-    assert np.abs(editing.decode(model, latent) - audio).max() <= 1e-3
+    latent = latents.encode(model, audio)
+    assert np.abs(latents.decode(model, latent) - audio).max() <= 1e-3
     for semitones in (-7, -3, 3, 7):
-        shifted = editing.edit_and_decode(model, latent, semitones=semitones)
+        shifted = latents.edit_and_decode(model, latent, semitones=semitones)
         measured = semitones_between(reference, f0_track(shifted, config.sample_rate, EDITED_F0_RANGE_HZ))
         assert abs(measured - semitones) <= PITCH_TOLERANCE, f"asked {semitones:+} st, measured {measured:+.2f}"
     for rate in (0.8, 1.25):
-        faster = editing.edit_and_decode(model, latent, rate=rate)
+        faster = latents.edit_and_decode(model, latent, rate=rate)
         assert abs(faster.size - audio.size / rate) <= model.hop_length
         measured = semitones_between(reference, f0_track(faster, config.sample_rate, EDITED_F0_RANGE_HZ), rate)
         assert abs(measured) <= SPEED_PITCH_TOLERANCE, f"speed {rate} moved the pitch by {measured:+.2f} st"
@@ -235,13 +235,13 @@ def test_bundled_model_edits_end_to_end(speech):
 
 def test_pitch_conditioned_models_redraw_a_recordings_latent_to_edit_it():
     model = tiny_vocoder("source-filter")
-    latent = editing.encode(model, noise_clip(1600))
-    assert latent.encoded and not editing.redraw(latent).encoded
-    edited = editing.edit_and_decode(model, latent, semitones=3)
-    expected = editing.decode(model, editing.pitch(editing.redraw(latent, editing.EDIT_SIGMA, seed=0), 3))
+    latent = latents.encode(model, noise_clip(1600))
+    assert latent.encoded and not latents.redraw(latent).encoded
+    edited = latents.edit_and_decode(model, latent, semitones=3)
+    expected = latents.decode(model, latents.pitch(latents.redraw(latent, latents.EDIT_SIGMA, seed=0), 3))
     assert np.array_equal(edited, expected)
-    assert np.abs(editing.edit_and_decode(model, latent) - editing.decode(model, latent)).max() == 0
+    assert np.abs(latents.edit_and_decode(model, latent) - latents.decode(model, latent)).max() == 0
     plain = tiny_vocoder("efficient")
-    plain_latent = editing.encode(plain, noise_clip(1600))
-    assert np.array_equal(editing.edit_and_decode(plain, plain_latent, semitones=3),
-                          editing.decode(plain, editing.pitch(plain_latent, 3)))
+    plain_latent = latents.encode(plain, noise_clip(1600))
+    assert np.array_equal(latents.edit_and_decode(plain, plain_latent, semitones=3),
+                          latents.decode(plain, latents.pitch(plain_latent, 3)))

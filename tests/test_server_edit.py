@@ -11,16 +11,16 @@ import torch
 
 from test_server import (HOP, PCM_TOLERANCE, assert_error, assert_matches_pcm, client, make_client,  # noqa: F401
                          model, npy_bytes, one_torch_thread, pcm_samples, random_mel, reference, wait_ready)
-from vocoder import editing
+from vocoder import latents
 from vocoder.audio import load_audio
 from vocoder.mel import MelConfig
-from vocoder.mel_edit import frame_map, shift_pitch
+from vocoder.mel_transform import frame_map, shift_pitch
 
 RATE = 22050
 
 
 def edited(mel: np.ndarray, pitch: float, speed: float) -> np.ndarray:
-    """The mel that `editing.from_mel -> pitch -> speed` decodes, straight from the library."""
+    """The mel that `latents.from_mel -> pitch -> speed` decodes, straight from the library."""
     source, _ = frame_map(mel.shape[1], mel.shape[1] * HOP, speed, HOP)
     return shift_pitch(mel, pitch, MelConfig())[:, source]
 
@@ -40,10 +40,10 @@ def encoded(audio: np.ndarray, rate: int = RATE, file_format: str = "WAV", subty
 
 def library_edit(model, audio: np.ndarray, pitch: float = 0.0, speed: float = 1.0, redraw: bool = False,
                  sigma: float = 0.6, seed: int | None = None) -> np.ndarray:
-    latent = editing.encode(model, audio)
+    latent = latents.encode(model, audio)
     if redraw:
-        latent = editing.redraw(latent, sigma, seed)
-    return editing.decode(model, editing.speed(editing.pitch(latent, pitch), speed))
+        latent = latents.redraw(latent, sigma, seed)
+    return latents.decode(model, latents.speed(latents.pitch(latent, pitch), speed))
 
 
 # -- pitch and speed on /v1/vocode ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from test_server import (HOP, assert_error, assert_matches_pcm, client, make_cli
                          one_torch_thread, pcm_samples, reference, tiny_vocoder, wait_ready)
 from test_tts import TINY
 from vocoder.mel import MelConfig
-from vocoder.mel_edit import shift_pitch
+from vocoder.mel_transform import shift_pitch
 from vocoder.text import checkpoint as tts_checkpoint
 from vocoder.text import espeak
 from vocoder.text.frontend import EspeakFrontend

@@ -101,21 +101,21 @@ def cmd_resynth(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from vocoder import editing
+    from vocoder import latents
     from vocoder.audio import load_audio, write_wav
-    from vocoder.mel_edit import check_pitch, check_speed
+    from vocoder.mel_transform import check_pitch, check_speed
 
     _check_sampling(args)
     check_pitch(args.pitch)
     check_speed(args.speed)
     model = _load_model(args)
     if Path(args.input).suffix.lower() == ".npy":
-        latent = editing.from_mel(model, _load_mel(args.input), sigma=args.sigma, seed=args.seed)
+        latent = latents.from_mel(model, _load_mel(args.input), sigma=args.sigma, seed=args.seed)
     else:
-        latent = editing.encode(model, load_audio(args.input, model.sample_rate))
+        latent = latents.encode(model, load_audio(args.input, model.sample_rate))
         if args.redraw:
-            latent = editing.redraw(latent, sigma=args.sigma, seed=args.seed)
-    audio = editing.edit_and_decode(model, latent, args.pitch, args.speed, args.denoise)
+            latent = latents.redraw(latent, sigma=args.sigma, seed=args.seed)
+    audio = latents.edit_and_decode(model, latent, args.pitch, args.speed, args.denoise)
     write_wav(args.output, audio, model.sample_rate)
     print(f"wrote {args.output} ({audio.shape[0] / model.sample_rate:.2f} s)")
     return 0

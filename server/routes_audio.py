@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.batching import queue_full
 from server.bodies import audio_from_upload, media_type, unsupported_media_type, uploaded_file
-from server.edits import edit_audio, speed_source
+from server.pitch_speed import edit_audio, speed_source
 from server.formats import audio_response
 from server.schemas import EditOptions, edit_query
 from server.service import ServiceDep, timed_out

@@ -1,6 +1,6 @@
-"""Latent editing: encode audio exactly into the flow's latent, change its pitch, speed or
+"""The flow's latents: encode audio exactly into them, change their pitch, speed or
 temperature, blend two latents, and decode back to audio. The mel-domain signal processing
-lives in `vocoder.mel_edit`; this module keeps the flow latent `z` consistent with it."""
+lives in `vocoder.mel_transform`; this module keeps the flow latent `z` consistent with it."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from vocoder.errors import AudioError
 from vocoder.inference import Vocoder, as_audio_tensor, check_seed
 from vocoder.mel import MelConfig
-from vocoder.mel_edit import EditError, check_pitch, check_speed, frame_map, shift_pitch
+from vocoder.mel_transform import EditError, check_pitch, check_speed, frame_map, shift_pitch
 
 __all__ = ["EditError", "Latent", "decode", "encode", "from_mel", "interpolate", "pitch", "redraw", "speed"]
 
@@ -128,7 +128,7 @@ def decode(model: Vocoder, latent: Latent) -> np.ndarray:
 def speed(latent: Latent, rate: float) -> Latent:
     """Play `rate` (0.25-4) times faster at the same pitch: `length / rate` samples.
 
-    Mel frames are repeated or dropped by `mel_edit.frame_map`, and each output frame takes
+    Mel frames are repeated or dropped by `mel_transform.frame_map`, and each output frame takes
     its source frame's whole block of `z` columns with it. Blending z columns would shrink
     their variance below the N(0, 1) prior; copies keep every column a prior sample and
     keep the encoded detail of the frame it came from.
@@ -144,7 +144,7 @@ def speed(latent: Latent, rate: float) -> Latent:
 def pitch(latent: Latent, semitones: float) -> Latent:
     """Shift the pitch by `semitones` (-12 to +12) keeping formants and duration.
 
-    The mel is edited by `mel_edit.shift_pitch`; `z` is kept. In a trained flow `z` is
+    The mel is edited by `mel_transform.shift_pitch`; `z` is kept. In a trained flow `z` is
     whitened, nearly independent of the mel, so it stays a valid prior sample under the new
     mel while carrying what the mel does not (noise floor, breath, phase): an encoded clip
     shifted by 0 decodes to itself. `redraw` replaces it when fresh noise is wanted.

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from server.schemas import EditOptions, MelLimits
-from vocoder import editing
+from vocoder import latents
 from vocoder.inference import Vocoder
 from vocoder.mel import MelConfig
-from vocoder.mel_edit import frame_map, shift_pitch
+from vocoder.mel_transform import frame_map, shift_pitch
 
 
 def speed_source(frames: int, speed: float, hop_length: int, limits: MelLimits, subject: str,
@@ -24,7 +24,7 @@ def speed_source(frames: int, speed: float, hop_length: int, limits: MelLimits, 
 
 def edit_mel(mel: np.ndarray, pitch: float, speed: float, config: MelConfig, limits: MelLimits) -> np.ndarray:
     """`mel (n_mels, T)` shifted by `pitch` semitones and played `speed` times faster: the mel
-    that `editing.from_mel -> pitch -> speed` would decode. The noise is left to the batch worker,
+    that `latents.from_mel -> pitch -> speed` would decode. The noise is left to the batch worker,
     which draws it for the new length from the request's seed, so edited requests still batch
     and the same seed still gives the same audio."""
     source = speed_source(mel.shape[1], speed, config.hop_length, limits, "the mel")
@@ -40,7 +40,7 @@ def edit_mel(mel: np.ndarray, pitch: float, speed: float, config: MelConfig, lim
 def edit_audio(model: Vocoder, audio: np.ndarray, options: EditOptions) -> np.ndarray:
     """Mono audio at the model's rate, encoded exactly, optionally given fresh noise, then pitch-
     and speed-edited and decoded (`vocoder edit`'s steps); runs on the device thread."""
-    latent = editing.encode(model, audio)
+    latent = latents.encode(model, audio)
     if options.redraw:
-        latent = editing.redraw(latent, options.sigma, options.seed)
-    return editing.edit_and_decode(model, latent, options.pitch, options.speed, options.denoise)
+        latent = latents.redraw(latent, options.sigma, options.seed)
+    return latents.edit_and_decode(model, latent, options.pitch, options.speed, options.denoise)

@@ -1,4 +1,4 @@
-"""Mel-domain edits behind latent editing: the frame-index map of a speed change and a
+"""Mel-domain transforms behind the latent edits: the frame-index map of a speed change and a
 pitch shift of a log-mel that moves the harmonics but keeps the spectral envelope.
 Plain numpy on one mel `(n_mels, T)`; no model is involved."""
 from __future__ import annotations
