@@ -23,6 +23,7 @@ from vocoder.evaluation.griffin_lim import griffin_lim_from_mel
 from vocoder.evaluation.metrics import EDITED_F0_RANGE_HZ, f0_track
 from vocoder.inference import Vocoder
 from vocoder.mel_transform import frame_map, shift_pitch
+from vocoder.options import SIGMA
 
 SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech" / "ljspeech"
 DEFAULT_CLIPS = ("LJ001-0002", "LJ001-0003", "LJ001-0005")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clips", nargs="+", default=list(DEFAULT_CLIPS), help="LJSpeech ids in the shared data")
     parser.add_argument("--seconds", type=float, default=3.0, help="use the first N seconds of each clip")
-    parser.add_argument("--sigma", type=float, default=0.6, help="temperature of the redrawn-z column")
+    parser.add_argument("--sigma", type=float, default=SIGMA.default, help="temperature of the redrawn-z column")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

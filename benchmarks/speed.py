@@ -29,6 +29,7 @@ import torch
 from vocoder.config import FlowConfig, preset
 from vocoder.inference import Vocoder, resolve_device
 from vocoder.nvidia import load_nvidia_waveglow
+from vocoder.options import SIGMA
 
 # Small models first: on this VM a process that starts right after another freed gigabytes
 # runs ~1.5x slower while the host hands the memory back (measured: `efficient` 25-37x
@@ -135,7 +136,7 @@ def measure(name: str, device: torch.device, seconds: float, repeats: int, min_t
     frames = max(1, round(seconds * model.sample_rate / config.hop_length))
     mel = random_mel(config.n_mels, frames, device)
     z = model.sample_latent(frames, seed=0).to(device)
-    sigma = 0.6
+    sigma = SIGMA.default
 
     def ours() -> torch.Tensor:
         # The fused flow itself: Vocoder.infer would autocast to fp16 on CUDA.

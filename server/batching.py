@@ -227,11 +227,10 @@ class BatchWorker:
         z = torch.zeros(model.flow.latent_shape(len(jobs), longest))
         for row, job in enumerate(jobs):
             mel[row, :, :job.frames] = torch.from_numpy(job.mel)
-            # The flow only ever uses sigma * z, so folding each item's sigma into its own z lets
-            # requests with different sigmas share a batch.
-            z[row, :, :job.frames * per_frame] = job.sigma * model.sample_latent(job.frames, seed=job.seed)[0]
+            z[row, :, :job.frames * per_frame] = model.sample_latent(job.frames, seed=job.seed)[0]
         lengths = torch.tensor(frames) if min(frames) < longest else None
-        audio = model.infer(mel, sigma=1.0, lengths=lengths, z=z)
+        # One sigma per row: requests with different sigmas share a batch.
+        audio = model.infer(mel, sigma=[job.sigma for job in jobs], lengths=lengths, z=z)
         outputs = []
         for row, job in enumerate(jobs):
             item = audio[row:row + 1, :job.frames * model.hop_length]

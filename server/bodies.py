@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from server.errors import APIError, validation_message
 from server.formats import FormatRegistry
-from server.schemas import EXAMPLE_REQUEST, MelLimits, VocodeRequest
+from server.schemas import EXAMPLE_REQUEST, MelLimits
 from vocoder.audio import load_audio
 from vocoder.errors import AudioError
 from vocoder.mel import MelConfig
@@ -101,9 +101,9 @@ def mel_from_npy(body: bytes, limits: MelLimits) -> np.ndarray:
     return limits.check(mel)
 
 
-def mel_from_json(body: bytes, limits: MelLimits) -> tuple[np.ndarray, VocodeRequest]:
-    """Decode a JSON body into a checked mel and the parameters it carries."""
-    request = parse_json(body, VocodeRequest, '{"mel": [[...], ...]}')
+def mel_from_json(body: bytes, limits: MelLimits, model: type[Model]) -> tuple[np.ndarray, Model]:
+    """Decode a JSON body, a `model` with a field `mel`, into a checked mel and the parameters it carries."""
+    request = parse_json(body, model, '{"mel": [[...], ...]}')
     try:
         with np.errstate(over="ignore"):  # overflow to inf is reported as non-finite below
             mel = np.array(request.mel, dtype=np.float32)
@@ -153,13 +153,14 @@ def _file_upload(description: str) -> dict[str, Any]:
                        "properties": {"file": {**BINARY, "description": description}}}}
 
 
-def vocode_openapi(formats: FormatRegistry) -> dict[str, Any]:
-    """OpenAPI extras of POST /v1/vocode: the body in every content type, and the audio answered."""
+def vocode_openapi(formats: FormatRegistry, body: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI extras of POST /v1/vocode: the body in every content type (`body`: the JSON one),
+    and the audio answered."""
     npy = {"schema": {**BINARY, "description": ".npy file, shape [n_mels, T] or [1, n_mels, T], "
                                                "float32 or float16, not pickled"}}
     return {
         "requestBody": {"required": True, "content": {
-            "application/json": {"schema": VocodeRequest.model_json_schema(), "example": EXAMPLE_REQUEST},
+            "application/json": {"schema": body.model_json_schema(), "example": EXAMPLE_REQUEST},
             **{npy_type: npy for npy_type in NPY_MEDIA_TYPES},
             "multipart/form-data": _file_upload(".npy mel, as for a binary body"),
         }},

@@ -22,8 +22,6 @@ from vocoder.audio import resample
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE_RANGE = (8000, 48000)
-DEFAULT_FORMAT = "wav"
 # A RIFF/data size that says "unknown, read to the end": what streaming encoders (ffmpeg, sox) write.
 UNKNOWN_SIZE = 0xFFFFFFFF
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.schemas import EditOptions, MelLimits
+from server.options import RequestOptions
+from server.schemas import MelLimits
 from vocoder import latents
 from vocoder.inference import Vocoder
 from vocoder.mel import MelConfig
@@ -37,7 +38,7 @@ def edit_mel(mel: np.ndarray, pitch: float, speed: float, config: MelConfig, lim
 
 
 @torch.inference_mode()
-def edit_audio(model: Vocoder, audio: np.ndarray, options: EditOptions) -> np.ndarray:
+def edit_audio(model: Vocoder, audio: np.ndarray, options: RequestOptions) -> np.ndarray:
     """Mono audio at the model's rate, encoded exactly, optionally given fresh noise, then pitch-
     and speed-edited and decoded (`vocoder edit`'s steps); runs on the device thread."""
     latent = latents.encode(model, audio)

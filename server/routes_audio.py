@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
-
-from fastapi import Depends, Request, Response
+from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.batching import queue_full
 from server.bodies import audio_from_upload, media_type, unsupported_media_type, uploaded_file
 from server.pitch_speed import edit_audio, speed_source
 from server.formats import audio_response
-from server.schemas import EditOptions, edit_query
+from server.options import RequestOptions
 from server.service import ServiceDep, timed_out
 
 
@@ -28,9 +26,10 @@ async def _audio_body(request: Request) -> bytes:
     raise unsupported_media_type(request, "audio/* (wav, flac, ogg, ...)", "multipart/form-data")
 
 
-async def edit(request: Request, service: ServiceDep, options: Annotated[EditOptions, Depends(edit_query)]) -> Response:
+async def edit(request: Request, service: ServiceDep, options: RequestOptions) -> Response:
     """Pitch and speed edits of a recording (the body, or a file upload in the field `file`),
-    exact through the flow: with no edit and no redraw the audio comes back unchanged."""
+    exact through the flow: with no edit and no redraw the audio comes back unchanged. `options`
+    come from the query string (`RequestForms.with_query`)."""
     model, worker = service.require_ready()
     deadline = service.deadline()
     audio_format = service.formats.get(options.format)

@@ -6,7 +6,7 @@ makes the mel in its turn in the batch worker's queue; from there the mel takes 
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,10 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from server.bodies import json_body
 from server.errors import APIError
-from server.formats import SAMPLE_RATE_RANGE
-from server.schemas import (DEFAULT_NOISE_SCALE, DEFAULT_SIGMA, DENOISE_RANGE, MAX_SEED, NOISE_SCALE_RANGE, PITCH_HELP,
-                            PITCH_RANGE, SAMPLE_RATE_HELP, SEED_HELP, SIGMA_RANGE, SPEED_RANGE, VocodeOptions)
+from server.options import TEXT_SPEED_HELP, get_forms, json_field
 from server.service import Service, ServiceDep
+from vocoder.options import SAMPLE_RATE, SEED, SPEED
 from vocoder.text.espeak import EspeakError
 from vocoder.text.limits import SpeechTooLong
 from vocoder.text.symbols import TextError, check_text
@@ -26,25 +25,6 @@ from vocoder.text.symbols import TextError, check_text
 OPENAI_PCM_RATE = 24000
 TTS_EXAMPLE = {"text": "Dr. Smith paid $3.50 at 5 pm.", "seed": 1234, "format": "wav"}
 SPEECH_EXAMPLE = {"model": "tts-1", "input": "Hello world.", "voice": "alloy", "response_format": "wav"}
-TEXT_SPEED_HELP = "speaking rate: every duration is divided by it (length_scale = 1 / speed), pitch kept"
-
-
-class TTSRequest(BaseModel):
-    """JSON body of POST /v1/tts."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [TTS_EXAMPLE]})
-
-    text: str = Field(description="English text; numbers, currency and abbreviations are spelled out")
-    noise_scale: float = Field(DEFAULT_NOISE_SCALE, ge=NOISE_SCALE_RANGE[0], le=NOISE_SCALE_RANGE[1],
-                               description="temperature of the text-to-mel sample")
-    sigma: float = Field(DEFAULT_SIGMA, ge=SIGMA_RANGE[0], le=SIGMA_RANGE[1], description="vocoder latent temperature")
-    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description=TEXT_SPEED_HELP)
-    pitch: float = Field(0.0, ge=PITCH_RANGE[0], le=PITCH_RANGE[1], description=PITCH_HELP)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=SEED_HELP)
-    denoise: float = Field(0.0, ge=DENOISE_RANGE[0], le=DENOISE_RANGE[1], description="denoiser strength")
-    format: str = Field("wav", description="output format; GET /v1/models lists those available")
-    sample_rate: int | None = Field(None, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1],
-                                    description=SAMPLE_RATE_HELP)
 
 
 class SpeechRequest(BaseModel):
@@ -60,20 +40,19 @@ class SpeechRequest(BaseModel):
                              "shimmer, verse, marin, cedar, or another) or {\"id\": ...}: all are the one voice")
     instructions: str | None = Field(None, description="accepted and ignored: the voice cannot be steered")
     response_format: str = Field("mp3", description="wav, flac, pcm, opus or mp3 (aac is not offered)")
-    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1], description=TEXT_SPEED_HELP)
+    speed: float = json_field(SPEED, TEXT_SPEED_HELP)
     stream_format: Literal["audio"] | None = Field(None, description='"audio" only; the file is sent whole')
-    sample_rate: int | None = Field(None, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1],
-                                    description=f"{SAMPLE_RATE_HELP}; pcm defaults to {OPENAI_PCM_RATE} as at OpenAI")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=SEED_HELP)
+    sample_rate: int | None = json_field(SAMPLE_RATE, f"{SAMPLE_RATE.help}; pcm defaults to {OPENAI_PCM_RATE} as at OpenAI")
+    seed: int | None = json_field(SEED)
 
-    def as_tts(self) -> TTSRequest:
-        """The same request in /v1/tts's terms; everything else keeps /v1/tts's defaults."""
+    def as_tts(self, tts_body: type[BaseModel]) -> BaseModel:
+        """The same request as a /v1/tts body (`tts_body`); everything else keeps /v1/tts's defaults."""
         rate = self.sample_rate or (OPENAI_PCM_RATE if self.response_format.lower() == "pcm" else None)
-        return TTSRequest(text=self.input, speed=self.speed, seed=self.seed, format=self.response_format,
-                          sample_rate=rate)
+        return tts_body(text=self.input, speed=self.speed, seed=self.seed, format=self.response_format,
+                        sample_rate=rate)
 
 
-async def _speak(request: Request, service: Service, body: TTSRequest, text_param: str,
+async def _speak(request: Request, service: Service, body: Any, text_param: str,
                  format_param: str) -> Response:
     """Text to mel (queued like vocoding, on the device thread), then the shared mel-to-audio path."""
     frontend = service.require_text()
@@ -97,18 +76,17 @@ async def _speak(request: Request, service: Service, body: TTSRequest, text_para
         raise APIError(503, f"text-to-speech is unavailable: {error}", code="tts_unavailable") from None
     mel = mel.numpy()
     limits.check_frames(mel.shape[1], subject, text_param)
-    options = VocodeOptions(sigma=body.sigma, seed=body.seed, denoise=body.denoise, format=body.format,
-                            sample_rate=body.sample_rate, pitch=body.pitch)
+    options = get_forms(request).synthesis_options(body)
     return await service.synthesize(request, mel, options, audio_format, deadline)
 
 
 async def tts(request: Request, service: ServiceDep) -> Response:
     """Text to audio, with pitch, speed and sampling controls."""
-    body = await json_body(request, TTSRequest, '{"text": "..."}')
+    body = await json_body(request, get_forms(request).tts_body, '{"text": "..."}')
     return await _speak(request, service, body, "text", "format")
 
 
 async def speech(request: Request, service: ServiceDep) -> Response:
     """OpenAI-compatible text to speech (`client.audio.speech.create`): raw audio bytes."""
     body = await json_body(request, SpeechRequest, '{"model": "tts-1", "input": "...", "voice": "alloy"}')
-    return await _speak(request, service, body.as_tts(), "input", "response_format")
+    return await _speak(request, service, body.as_tts(get_forms(request).tts_body), "input", "response_format")

@@ -21,10 +21,12 @@ from server.pitch_speed import edit_mel
 from server.errors import APIError
 from server.formats import AudioFormat, FormatRegistry, audio_response, streaming_audio_response
 from server.metrics import ServiceMetrics
-from server.schemas import DEFAULT_SIGMA, MelLimits, VocodeOptions
+from server.options import RequestOptions
+from server.schemas import MelLimits
 from server.settings import Settings
 from vocoder.errors import CheckpointError
 from vocoder.inference import Vocoder
+from vocoder.options import SIGMA
 from vocoder.text.espeak import EspeakError
 from vocoder.text.frontend import TextFrontend, load_text_frontend
 
@@ -102,7 +104,7 @@ class Service:
             # One short inference (with the denoiser, which is built on first use) before taking traffic.
             silence = np.full((self.model.mel.config.n_mels, WARMUP_FRAMES), self.model.mel.config.silence_value,
                               dtype=np.float32)
-            await self.worker.submit(Job(silence, DEFAULT_SIGMA, denoise=0.1, seed=0))
+            await self.worker.submit(Job(silence, SIGMA.default, denoise=0.1, seed=0))
             logger.info("warm-up done in %.2f s; ready (checkpoint: %s, device: %s)", time.perf_counter() - started,
                         checkpoint_label(s, self.model), self.model.device)
             self.ready = True
@@ -156,7 +158,7 @@ class Service:
         """When a request arriving now gets its 504."""
         return asyncio.get_running_loop().time() + self.settings.request_timeout
 
-    async def synthesize(self, request: Request, mel: np.ndarray, options: VocodeOptions, audio_format: AudioFormat,
+    async def synthesize(self, request: Request, mel: np.ndarray, options: RequestOptions, audio_format: AudioFormat,
                          deadline: float) -> Response:
         """A checked mel `(n_mels, T)` to the response: its pitch and speed edits, then the batch
         worker, or a stream when `options.stream`."""
@@ -185,7 +187,7 @@ class Service:
         except asyncio.TimeoutError:
             raise timed_out(self.settings) from None
 
-    async def _stream(self, mel: np.ndarray, options: VocodeOptions, audio_format: AudioFormat,
+    async def _stream(self, mel: np.ndarray, options: RequestOptions, audio_format: AudioFormat,
                       deadline: float) -> Response:
         model, worker = self.require_ready()
         if worker.full:

@@ -17,6 +17,7 @@ import yaml
 from vocoder.config import FlowConfig, preset
 from vocoder.errors import ConfigError
 from vocoder.mel import MelConfig
+from vocoder.options import SIGMA
 from vocoder.serialization import DictConfig, FieldError, check_ranges
 from vocoder.text.model import AcousticConfig
 
@@ -84,7 +85,7 @@ class LossConfig(DictConfig):
     sigma: float = 1.0
     stft_weight: float = 0.0
     mel_weight: float = 0.0
-    aux_sigma: float = 0.6
+    aux_sigma: float = SIGMA.default
     stft_resolutions: list[list[int]] = field(default_factory=lambda: [list(r) for r in DEFAULT_STFT_RESOLUTIONS])
 
     def __post_init__(self) -> None:

@@ -19,8 +19,9 @@ from vocoder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vocoder.config import FlowConfig
 from vocoder.flow import WaveFlow
 from vocoder.mel import MelConfig, MelSpectrogram
+from vocoder.options import SIGMA
 
-VAL_SIGMA = 0.6
+VAL_SIGMA = SIGMA.default
 VAL_AUDIO_CLIPS = 2
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from vocoder.errors import VocoderError
+from vocoder.options import DENOISE, PITCH, REDRAW, SEED, SIGMA, SPEED, add_flag
 
 # name -> (module, help); each module exposes `main(argv: list[str]) -> int`.
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -31,9 +32,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sigma", type=float, default=0.6, help="latent temperature (default 0.6)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for the latent noise")
-    parser.add_argument("--denoise", type=float, default=0.0, help="denoiser strength 0-1 (default off)")
+    add_flag(parser, SIGMA, SIGMA.help)
+    add_flag(parser, SEED, "seed for the latent noise")
+    add_flag(parser, DENOISE, f"{DENOISE.help}, 0: off")
 
 
 def _load_model(args: argparse.Namespace):
@@ -52,10 +53,8 @@ def _check_sampling(args: argparse.Namespace) -> None:
 
     check_output_path(args.output)
     check_seed(args.seed)
-    if not 0.0 <= args.sigma <= 1.5:
-        raise VocoderError(f"--sigma must be within 0-1.5, got {args.sigma}")
-    if not 0.0 <= args.denoise <= 1.0:
-        raise VocoderError(f"--denoise must be within 0-1, got {args.denoise}")
+    SIGMA.check(args.sigma, "--sigma")
+    DENOISE.check(args.denoise, "--denoise")
 
 
 def _load_mel(path: str) -> np.ndarray:
@@ -216,10 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit = commands.add_parser("edit", help="change pitch and speed of audio or a .npy mel through the latent")
     edit.add_argument("input", help="audio file (exactly encoded) or log-mel .npy (noise drawn at --sigma)")
     edit.add_argument("-o", "--output", required=True, help="output .wav")
-    edit.add_argument("--pitch", type=float, default=0.0, help="semitones, -12 to +12 (default 0)")
-    edit.add_argument("--speed", type=float, default=1.0, help="tempo factor, 0.25 to 4 (default 1)")
-    edit.add_argument("--redraw", action="store_true",
-                      help="audio input: replace its exact latent by fresh noise at --sigma")
+    add_flag(edit, PITCH, PITCH.help)
+    add_flag(edit, SPEED, SPEED.help)
+    add_flag(edit, REDRAW, "audio input: replace its exact latent by fresh noise at --sigma")
     _add_model_options(edit)
     _add_sampling_options(edit)
     edit.set_defaults(run=cmd_edit)

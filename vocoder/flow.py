@@ -16,6 +16,7 @@ from vocoder.conditioner import GatedConditioner, SymmetricConditioner
 from vocoder.config import FlowConfig
 from vocoder.errors import MelError, VocoderError
 from vocoder.mel import MelConfig
+from vocoder.options import SIGMA
 from vocoder.pitch import PitchPredictor, PitchTrack, harmonic_features
 from vocoder.source_filter import SourceFilter
 
@@ -239,7 +240,7 @@ class WaveFlow(nn.Module):
     def latent_shape(self, batch: int, frames: int) -> tuple[int, int, int]:
         return batch, self.config.n_group, frames * self.config.groups_per_frame
 
-    def infer(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
+    def infer(self, mel: torch.Tensor, sigma: float = SIGMA.default, lengths: torch.Tensor | None = None,
               z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mel `(B, n_mels, T)` to audio `(B, T * hop)` by the inverse pass from `sigma * z`.
 
@@ -253,7 +254,7 @@ class WaveFlow(nn.Module):
         mask = sample_mask(None if lengths is None else lengths * self.config.hop_length, audio.shape[1], audio)
         return audio if mask is None else audio * mask
 
-    def infer_flow(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
+    def infer_flow(self, mel: torch.Tensor, sigma: float = SIGMA.default, lengths: torch.Tensor | None = None,
                    z: torch.Tensor | None = None, generator: torch.Generator | None = None,
                    pitch: PitchTrack | None = None) -> torch.Tensor:
         """`infer` up to the flow's output `(B, T * hop)`: the audio, or for the source-filter

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +22,10 @@ from vocoder.errors import CheckpointError, MelError, VocoderError
 from vocoder.flow import WaveFlow
 from vocoder.fused import fuse
 from vocoder.mel import MelConfig, MelSpectrogram
+from vocoder.options import MAX_SEED, SIGMA
 from vocoder.pretrained import default_checkpoint
 
 DEFAULT_CHUNK_FRAMES = 512
-# The largest seed of the CLI, the library and the service alike: what fits a signed 64-bit
-# integer, so a seed means the same noise in every client (torch itself also takes uint64).
-MAX_SEED = 2**63 - 1
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -56,6 +54,31 @@ def check_seed(seed: int | None) -> int | None:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise VocoderError(f"seed must be within 0-{MAX_SEED} (2**63 - 1), got {seed}")
     return seed
+
+
+def standard_noise(shape: tuple[int, ...] | torch.Size, seed: int | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """N(0, 1) noise of `shape`, drawn on the CPU so that a seed gives the same noise, and so the
+    same audio, on every device."""
+    if generator is None and check_seed(seed) is not None:
+        generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator)
+
+
+def temper(z: torch.Tensor, sigma: float | Sequence[float]) -> torch.Tensor:
+    """Standard-normal `z` `(B, n_group, groups)` at temperature `sigma` (`sigma * z`): one value,
+    or a list of one per batch row, so requests of different temperatures share a batch.
+
+    This is how sigma reaches the flow on every path (batch, stream, edit): it scales the noise
+    once, here, and the flow inverts the latent it is given as it is (at sigma 1). `SIGMA`'s
+    range is checked here for the same reason.
+    """
+    if isinstance(sigma, (list, tuple)):
+        if len(sigma) != z.shape[0]:
+            raise VocoderError(f"got {len(sigma)} sigmas for a batch of {z.shape[0]}")
+        rows = [float(SIGMA.check(value)) for value in sigma]
+        return torch.tensor(rows, dtype=z.dtype, device=z.device)[:, None, None] * z
+    return float(SIGMA.check(sigma)) * z
 
 
 def as_audio_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -170,11 +193,8 @@ class Vocoder(nn.Module):
 
     def sample_latent(self, frames: int, batch: int = 1, seed: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Standard-normal latent `(B, n_group, frames * hop / n_group)`, drawn on the CPU so a seed
-        gives the same audio on every device."""
-        if generator is None and check_seed(seed) is not None:
-            generator = torch.Generator().manual_seed(seed)
-        return torch.randn(self.flow.latent_shape(batch, frames), generator=generator)
+        """Standard-normal latent `(B, n_group, frames * hop / n_group)` (`standard_noise`)."""
+        return standard_noise(self.flow.latent_shape(batch, frames), seed, generator)
 
     # -- inference --------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -201,21 +221,22 @@ class Vocoder(nn.Module):
         return bounds
 
     @torch.inference_mode()
-    def stream(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
-               z: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    def stream(self, mel: torch.Tensor, sigma: float | Sequence[float] = SIGMA.default,
+               lengths: torch.Tensor | None = None, z: torch.Tensor | None = None, generator: torch.Generator | None = None,
                chunk_frames: int | None = DEFAULT_CHUNK_FRAMES, denoise: float = 0.0,
                progress: bool = False) -> Iterator[torch.Tensor]:
         """Yield audio `(B, chunk_samples)` pieces of `infer`'s result, in order.
 
         Each chunk runs with `receptive_field_frames` of mel context on both sides, and the
         source-filter family's synthesis filter carries its state from chunk to chunk, so the
-        concatenation equals the unchunked output for the same `z`.
+        concatenation equals the unchunked output for the same `z`. `z` is standard normal (drawn
+        when not given); `sigma` scales it (`temper`: one value, or one per batch row).
         """
         mel = self.check_mel(mel)
         batch, _, frames = mel.shape
         if z is None:
             z = self.sample_latent(frames, batch, generator=generator)
-        z = z.to(self.device)
+        z = temper(z, sigma).to(self.device)
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=self.device)
         context = self.flow.config.receptive_field_frames()
@@ -233,7 +254,7 @@ class Vocoder(nn.Module):
             part_lengths = None if lengths is None else (lengths - left).clamp(0, right - left)
             part_mel = mel[:, :, left:right]
             with self._autocast():
-                audio = self.fused.infer_flow(part_mel, sigma, part_lengths, z[:, :, left * groups:right * groups],
+                audio = self.fused.infer_flow(part_mel, 1.0, part_lengths, z[:, :, left * groups:right * groups],
                                              pitch=None if pitch is None else pitch.frames(left, right))
             audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
             if source_filter is not None:
@@ -245,13 +266,14 @@ class Vocoder(nn.Module):
                 audio = denoiser(audio, denoise)
             yield audio
 
-    def infer(self, mel: torch.Tensor, sigma: float = 0.6, lengths: torch.Tensor | None = None,
-              z: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    def infer(self, mel: torch.Tensor, sigma: float | Sequence[float] = SIGMA.default,
+              lengths: torch.Tensor | None = None, z: torch.Tensor | None = None, generator: torch.Generator | None = None,
               chunk_frames: int | None = DEFAULT_CHUNK_FRAMES, denoise: float = 0.0,
               progress: bool = False) -> torch.Tensor:
         """Mel `(B, n_mels, T)` (or `(n_mels, T)`) to audio `(B, T * hop)` in [-1, 1]-ish float32.
 
         `lengths` (frames) marks valid frames of a padded batch; audio past them is silence.
+        `z` and `sigma` as in `stream`.
         """
         pieces = list(self.stream(mel, sigma, lengths, z, generator, chunk_frames, 0.0, progress))
         audio = torch.cat(pieces, dim=1)
@@ -263,7 +285,7 @@ class Vocoder(nn.Module):
                                  < (torch.as_tensor(lengths, device=audio.device)[:, None] * self.hop_length))
         return audio
 
-    def resynthesize(self, audio: np.ndarray | torch.Tensor, sigma: float = 0.6, seed: int | None = None,
+    def resynthesize(self, audio: np.ndarray | torch.Tensor, sigma: float = SIGMA.default, seed: int | None = None,
                      denoise: float = 0.0, progress: bool = False) -> np.ndarray:
         """Copy-synthesis of mono audio `(L,)`: audio -> mel -> audio, trimmed to `L` samples."""
         audio = as_audio_tensor(audio)

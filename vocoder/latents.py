@@ -11,9 +11,10 @@ import torch
 from torch.nn import functional as F
 
 from vocoder.errors import AudioError
-from vocoder.inference import Vocoder, as_audio_tensor, check_seed
+from vocoder.inference import Vocoder, as_audio_tensor, standard_noise, temper
 from vocoder.mel import MelConfig
 from vocoder.mel_transform import EditError, check_pitch, check_speed, frame_map, shift_pitch
+from vocoder.options import SIGMA
 
 __all__ = ["EditError", "Latent", "decode", "encode", "from_mel", "interpolate", "pitch", "redraw", "speed"]
 
@@ -58,19 +59,12 @@ class Latent:
 
 # The temperature of the noise that replaces a recording's latent when a pitch-conditioned
 # model edits it (the default temperature of synthesis).
-EDIT_SIGMA = 0.6
-
-
-def _check_sigma(sigma: float) -> float:
-    if not 0.0 <= sigma < math.inf:
-        raise EditError(f"sigma must be a finite number >= 0, got {sigma}")
-    return float(sigma)
+EDIT_SIGMA = SIGMA.default
 
 
 def _noise(shape: torch.Size | tuple[int, ...], sigma: float, seed: int | None) -> torch.Tensor:
-    # Drawn on the CPU like Vocoder.sample_latent, so a seed means the same noise everywhere.
-    generator = torch.Generator().manual_seed(seed) if check_seed(seed) is not None else None
-    return _check_sigma(sigma) * torch.randn(shape, generator=generator)
+    # The same noise as Vocoder.sample_latent, tempered as the batch and stream paths temper it.
+    return temper(standard_noise(shape, seed), SIGMA.check(sigma, error=EditError))
 
 
 @torch.inference_mode()
@@ -95,7 +89,8 @@ def encode(model: Vocoder, audio: np.ndarray | torch.Tensor) -> Latent:
     return Latent(mel.float().cpu(), z.float().cpu(), length, config, encoded=True)
 
 
-def from_mel(model: Vocoder, mel: np.ndarray | torch.Tensor, sigma: float = 0.6, seed: int | None = None) -> Latent:
+def from_mel(model: Vocoder, mel: np.ndarray | torch.Tensor, sigma: float = SIGMA.default,
+             seed: int | None = None) -> Latent:
     """A latent for a log-mel `(n_mels, T)` or `(1, n_mels, T)` with noise drawn at temperature
     `sigma`; it decodes to `T * hop` samples, as `Vocoder.infer` would with the same seed."""
     mel = model.check_mel(torch.as_tensor(np.asarray(mel) if not torch.is_tensor(mel) else mel))
@@ -105,7 +100,7 @@ def from_mel(model: Vocoder, mel: np.ndarray | torch.Tensor, sigma: float = 0.6,
     return Latent(mel.cpu(), z, mel.shape[2] * model.hop_length, model.mel.config)
 
 
-def redraw(latent: Latent, sigma: float = 0.6, seed: int | None = None) -> Latent:
+def redraw(latent: Latent, sigma: float = SIGMA.default, seed: int | None = None) -> Latent:
     """The same mel and length with fresh noise at temperature `sigma` in place of `z`."""
     return Latent(latent.mel, _noise(latent.z.shape, sigma, seed), latent.length, latent.config)
 

@@ -9,9 +9,7 @@ import scipy.fft
 
 from vocoder.errors import VocoderError
 from vocoder.mel import MelConfig
-
-SPEED_RANGE = (0.25, 4.0)
-PITCH_RANGE = (-12.0, 12.0)
+from vocoder.options import PITCH, SPEED
 
 ENVELOPE_DETAIL_HZ = 500.0
 """Spectral ripple with a period above this is envelope (formants); below it, fine
@@ -26,14 +24,14 @@ class EditError(VocoderError):
 
 
 def check_speed(rate: float) -> float:
-    low, high = SPEED_RANGE
+    low, high = SPEED.low, SPEED.high
     if not low <= rate <= high:
         raise EditError(f"speed rate must be within {low:g}-{high:g}, got {rate:g}")
     return float(rate)
 
 
 def check_pitch(semitones: float) -> float:
-    low, high = PITCH_RANGE
+    low, high = PITCH.low, PITCH.high
     if not low <= semitones <= high:
         raise EditError(f"pitch shift must be within {low:+g} to {high:+g} semitones, got {semitones:g}")
     return float(semitones)

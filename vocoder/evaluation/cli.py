@@ -20,6 +20,7 @@ from vocoder.errors import VocoderError
 from vocoder.evaluation import report as reports
 from vocoder.evaluation.harness import evaluate, find_clips, select_clips
 from vocoder.inference import Vocoder
+from vocoder.options import SIGMA, add_flag
 from vocoder.pretrained import default_checkpoint
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled model, "
                                              "else a randomly initialised one, with a warning)")
     parser.add_argument("--out", default="eval-out", help="output folder (default ./eval-out)")
-    parser.add_argument("--sigma", type=float, default=0.6, help="latent temperature (default 0.6)")
+    add_flag(parser, SIGMA)
     parser.add_argument("--seed", type=int, default=0, help="latent noise seed, the same for every clip (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--limit", type=int, help="evaluate at most N clips")
@@ -60,8 +61,7 @@ def checkpoint_identity(path: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, command: str) -> int:
-    if not 0.0 <= args.sigma <= 1.5:
-        raise VocoderError(f"--sigma must be within 0-1.5, got {args.sigma}")
+    SIGMA.check(args.sigma, "--sigma")
     if args.limit is not None and args.limit < 1:
         raise VocoderError(f"--limit must be at least 1, got {args.limit}")
     started = time.perf_counter()

@@ -32,6 +32,7 @@ from vocoder.evaluation.metrics import (
     stoi,
 )
 from vocoder.inference import Vocoder
+from vocoder.options import SIGMA
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 METADATA_FILE = "metadata.csv"
@@ -246,7 +247,7 @@ def _synthesize(model: Vocoder, audio: np.ndarray, sigma: float, seed: int
     return mel[0], outputs, {"model": model_seconds, "griffin_lim": griffin_lim_seconds}
 
 
-def synthesize_clips(model: Vocoder, clips: Sequence[Clip], sigma: float = 0.6, seed: int = 0, progress: bool = True
+def synthesize_clips(model: Vocoder, clips: Sequence[Clip], sigma: float = SIGMA.default, seed: int = 0, progress: bool = True
                      ) -> list[tuple[Clip, np.ndarray, torch.Tensor, dict[str, np.ndarray], dict[str, float]]]:
     """Each clip's recording `(L,)`, log-mel `(n_mels, T)`, systems' audio and synthesis times.
 
@@ -270,7 +271,7 @@ def synthesize_clips(model: Vocoder, clips: Sequence[Clip], sigma: float = 0.6, 
     return synthesized
 
 
-def evaluate(model: Vocoder, clips: Sequence[Clip], sigma: float = 0.6, seed: int = 0, asr: bool = True,
+def evaluate(model: Vocoder, clips: Sequence[Clip], sigma: float = SIGMA.default, seed: int = 0, asr: bool = True,
              plot_clip: str | None = None, progress: bool = True) -> EvalReport:
     """Copy-synthesis of `clips` by `model` and by Griffin-Lim, scored against the recordings.
 
