@@ -305,13 +305,6 @@ class WaveFlow(nn.Module):
                 if not parametrize.is_parametrized(conv, "weight"):
                     parametrizations.weight_norm(conv, name="weight")
 
-    def remove_weight_norm(self) -> None:
-        """Fold weight normalisation into plain weights (done at load for inference)."""
-        for conditioner in self.WN:
-            for conv in conditioner.weight_normed_convs():
-                if parametrize.is_parametrized(conv, "weight"):
-                    parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
-
     def plain_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict (parameters and persistent buffers) with any weight normalisation folded,
         without changing this module."""
