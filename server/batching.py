@@ -2,11 +2,13 @@
 gathers up to `max_batch` of them for at most `max_wait_ms`, pads them into one batch and runs it
 on its own thread, so the event loop stays responsive and only one batch uses the device at a time.
 Text front-end work waits in the same queue and runs on the same thread, one call at a time.
+The queue is taken shortest estimated work first, with an allowance that keeps long work from starving.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,12 @@ from vocoder.inference import Vocoder
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The queue is taken in order of arrival time plus this many seconds per (estimated) frame of work:
+# short work overtakes long work that arrived a little earlier (a `Hello world.` need not wait for
+# eight minute-long texts), but never work that has already waited out its own allowance, which is
+# at most max_frames times this (5.2 s at the default 5168 frames), well inside request_timeout.
+OVERTAKE_SECONDS_PER_FRAME = 1e-3
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,11 @@ class Job:
 @dataclass(eq=False)
 class Call:
     """Work other than vocoding that takes its turn in the same queue and runs alone on the
-    device thread: a text front-end making a request's mel."""
+    device thread: a text front-end making a request's mel of about `frames` frames (a cheap
+    estimate, used only to order the queue)."""
 
     function: Callable[[], Any]
+    frames: int
     is_disconnected: Callable[[], Awaitable[bool]] = never_disconnects
     future: asyncio.Future[Any] = field(init=False)
 
@@ -81,9 +91,9 @@ class BatchWorker:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
-        self._queue: asyncio.Queue[Work] = asyncio.Queue(maxsize=queue_size)
-        # A call met while gathering a batch: it runs next, after that batch.
-        self._held: Call | None = None
+        # Entries are (arrival + allowance, submission number, work): see OVERTAKE_SECONDS_PER_FRAME.
+        self._queue: asyncio.PriorityQueue[tuple[float, int, Work]] = asyncio.PriorityQueue(maxsize=queue_size)
+        self._submitted = itertools.count()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder-device")
         self._task: asyncio.Task[None] | None = None
@@ -97,9 +107,9 @@ class BatchWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        waiting = [self._held] if self._held is not None else []
+        waiting = []
         while not self._queue.empty():
-            waiting.append(self._queue.get_nowait())
+            waiting.append(self._queue.get_nowait()[-1])
         for work in waiting:
             if not work.future.done():
                 work.future.set_exception(APIError(503, "the server is shutting down", code="shutting_down"))
@@ -113,9 +123,11 @@ class BatchWorker:
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue `work`; its future resolves to a job's `Result` or a call's return value.
         A full queue is a 503 right away."""
-        work.future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        work.future = loop.create_future()
+        order = loop.time() + work.frames * OVERTAKE_SECONDS_PER_FRAME
         try:
-            self._queue.put_nowait(work)
+            self._queue.put_nowait((order, next(self._submitted), work))
         except asyncio.QueueFull:
             raise queue_full() from None
         self._arrived.set()
@@ -123,7 +135,7 @@ class BatchWorker:
         return work.future
 
     def _report_depth(self) -> None:
-        self.metrics.queue_depth.set(self._queue.qsize() + (self._held is not None))
+        self.metrics.queue_depth.set(self._queue.qsize())
 
     async def run_on_device(self, function: Callable[..., T], *args: Any) -> T:
         """Run `function(*args)` on the device thread, between batches."""
@@ -146,13 +158,10 @@ class BatchWorker:
                         job.future.set_exception(error)
 
     async def _gather(self) -> list[Work]:
-        """The next batch: the oldest job plus whatever jobs arrive within `max_wait`, up to
-        `max_batch` and up to the next call; or a call alone."""
+        """The next batch: the first job in the queue's order plus whatever jobs arrive within
+        `max_wait`, up to `max_batch` and up to the next call; or a call alone."""
         loop = asyncio.get_running_loop()
-        if self._held is not None:
-            first, self._held = self._held, None
-        else:
-            first = await self._queue.get()
+        first = (await self._queue.get())[-1]
         if isinstance(first, Call):
             self._report_depth()
             return [first]
@@ -160,14 +169,16 @@ class BatchWorker:
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_batch:
             try:
-                work = self._queue.get_nowait()
+                entry = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 pass
             else:
-                if isinstance(work, Call):
-                    self._held = work
+                if isinstance(entry[-1], Call):
+                    # Back in its place (the slot it just freed): it runs after this batch, unless
+                    # shorter work arrives meanwhile.
+                    self._queue.put_nowait(entry)
                     break
-                batch.append(work)
+                batch.append(entry[-1])
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -233,6 +233,44 @@ def test_the_text_front_end_waits_in_the_vocoding_queue_on_the_device_thread(mod
     assert len(threads) == 2 and all(name.startswith("vocoder-device") for name in threads)
 
 
+def test_a_short_text_overtakes_long_texts_queued_before_it(model):
+    """Eight long texts queued at once used to keep a `Hello world.` behind them for seconds."""
+    frontend = EspeakFrontend(MelConfig())
+    make_mel = frontend.synthesize_mel
+    order, entered, release = [], threading.Event(), threading.Event()
+
+    def recorded_synthesize(text, *args):
+        order.append(text)
+        entered.set()
+        release.wait(10)
+        return make_mel(text, *args)
+
+    frontend.synthesize_mel = recorded_synthesize
+    # Within the estimate (about 1400 frames), so each would make espeak-ng read up to max_frames.
+    long_text = ("Printing, in the only sense with which we are at present concerned, differs from most "
+                 "if not from all the arts and crafts represented in the Exhibition. ") * 13
+    with TestClient(create_app(Settings(max_frames=2000), model, text_frontend=frontend)) as client, \
+            ThreadPoolExecutor(5) as pool:
+        wait_ready(client)
+        try:
+            first = pool.submit(client.post, "/v1/tts", json={"text": "The first."})
+            assert entered.wait(10)
+            long = [pool.submit(client.post, "/v1/tts", json={"text": long_text}) for _ in range(3)]
+            end = time.monotonic() + 10
+            while queue_depth(client) < 3:
+                assert time.monotonic() < end, "the long texts never entered the queue"
+                time.sleep(0.02)
+            short = pool.submit(client.post, "/v1/tts", json={"text": TEXT})
+            while queue_depth(client) < 4:
+                assert time.monotonic() < end, "the short text never entered the queue"
+                time.sleep(0.02)
+        finally:
+            release.set()
+        assert first.result().status_code == short.result().status_code == 200
+        assert [response.result().status_code for response in long] == [413] * 3
+    assert order == ["The first.", TEXT] + [long_text] * 3
+
+
 # -- POST /v1/audio/speech -----------------------------------------------------------------------
 def test_speech_defaults_to_mp3_and_pcm_to_24khz(client):
     mp3 = client.post("/v1/audio/speech", json=SPEECH)
