@@ -75,7 +75,7 @@ class SpeechRequest(BaseModel):
 
 async def _speak(request: Request, service: Service, body: TTSRequest, text_param: str,
                  format_param: str) -> Response:
-    """Text to mel (queued like vocoding, on the device thread), then the shared mel-to-audio path."""
+    """Text to mel (queued like vocoding, on the text thread), then the shared mel-to-audio path."""
     frontend = service.require_text()
     deadline = service.deadline()
     audio_format = service.formats.get(body.format, param=format_param)
