@@ -1,12 +1,15 @@
 """The inference worker, one per device: requests wait in a bounded asyncio queue, the worker
 gathers up to `max_batch` of them for at most `max_wait_ms`, pads them into one batch and runs it
 on its own thread, so the event loop stays responsive and only one batch uses the device at a time.
-Text front-end work waits in the same queue and runs on the same thread, one call at a time.
+Text front-end work counts against the same queue limit and deadline, and runs one call at a time on
+a thread of its own, so that a long text never holds up vocoding. Both are taken shortest estimated
+work first, with an allowance that keeps long work from starving.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,12 @@ from vocoder.inference import Vocoder
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The queue is taken in order of arrival time plus this many seconds per (estimated) frame of work:
+# short work overtakes long work that arrived a little earlier (a `Hello world.` need not wait for
+# eight minute-long texts), but never work that has already waited out its own allowance, which is
+# at most max_frames times this (5.2 s at the default 5168 frames), well inside request_timeout.
+OVERTAKE_SECONDS_PER_FRAME = 1e-3
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,12 @@ class Job:
 
 @dataclass(eq=False)
 class Call:
-    """Work other than vocoding that takes its turn in the same queue and runs alone on the
-    device thread: a text front-end making a request's mel."""
+    """Work other than vocoding that takes a slot in the same queue and runs one at a time on the
+    text thread: a text front-end making a request's mel of about `frames` frames (a cheap
+    estimate, used only to order the queue)."""
 
     function: Callable[[], Any]
+    frames: int
     is_disconnected: Callable[[], Awaitable[bool]] = never_disconnects
     future: asyncio.Future[Any] = field(init=False)
 
@@ -73,7 +84,9 @@ def queue_full() -> APIError:
 
 class BatchWorker:
     """Owns the device: batches queued jobs, and runs any other device work (streaming chunks)
-    on the same single thread so nothing else touches the model concurrently."""
+    on the same single thread so nothing else touches the model concurrently. Queued calls run
+    on a second thread, one at a time: a text front-end is mostly espeak-ng (another process) or
+    its own small model, and minutes of text must not stall the vocoding of everyone else."""
 
     def __init__(self, model: Vocoder, metrics: ServiceMetrics, max_batch: int = 8,
                  max_wait_ms: float = 5.0, queue_size: int = 64) -> None:
@@ -81,49 +94,64 @@ class BatchWorker:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
-        self._queue: asyncio.Queue[Work] = asyncio.Queue(maxsize=queue_size)
-        # A call met while gathering a batch: it runs next, after that batch.
-        self._held: Call | None = None
+        self.queue_size = queue_size
+        # Two queues under one limit (`queue_size` waiting in all), each of entries (arrival +
+        # allowance, submission number, work): see OVERTAKE_SECONDS_PER_FRAME.
+        self._jobs: asyncio.PriorityQueue[tuple[float, int, Job]] = asyncio.PriorityQueue()
+        self._calls: asyncio.PriorityQueue[tuple[float, int, Call]] = asyncio.PriorityQueue()
+        self._submitted = itertools.count()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder-device")
-        self._task: asyncio.Task[None] | None = None
+        self._text_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder-text")
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name="vocoder-batch-worker")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._serve(), name="vocoder-batch-worker"),
+                       loop.create_task(self._serve_calls(), name="vocoder-text-worker")]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        waiting = [self._held] if self._held is not None else []
-        while not self._queue.empty():
-            waiting.append(self._queue.get_nowait())
-        for work in waiting:
-            if not work.future.done():
-                work.future.set_exception(APIError(503, "the server is shutting down", code="shutting_down"))
+                await task
+        for queue in (self._jobs, self._calls):
+            while not queue.empty():
+                work = queue.get_nowait()[-1]
+                if not work.future.done():
+                    work.future.set_exception(APIError(503, "the server is shutting down", code="shutting_down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._text_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- submitting work ----------------------------------------------------------------------
     @property
+    def waiting(self) -> int:
+        return self._jobs.qsize() + self._calls.qsize()
+
+    @property
     def full(self) -> bool:
-        return self._queue.full()
+        return self.waiting >= self.queue_size
 
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue `work`; its future resolves to a job's `Result` or a call's return value.
         A full queue is a 503 right away."""
-        work.future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(work)
-        except asyncio.QueueFull:
-            raise queue_full() from None
-        self._arrived.set()
+        if self.full:
+            raise queue_full()
+        loop = asyncio.get_running_loop()
+        work.future = loop.create_future()
+        order = loop.time() + work.frames * OVERTAKE_SECONDS_PER_FRAME
+        entry = (order, next(self._submitted), work)
+        if isinstance(work, Call):
+            self._calls.put_nowait(entry)
+        else:
+            self._jobs.put_nowait(entry)
+            self._arrived.set()
         self._report_depth()
         return work.future
 
     def _report_depth(self) -> None:
-        self.metrics.queue_depth.set(self._queue.qsize() + (self._held is not None))
+        self.metrics.queue_depth.set(self.waiting)
 
     async def run_on_device(self, function: Callable[..., T], *args: Any) -> T:
         """Run `function(*args)` on the device thread, between batches."""
@@ -135,9 +163,7 @@ class BatchWorker:
             batch = await self._gather()
             try:
                 wanted = await self._still_wanted(batch)
-                if wanted and isinstance(wanted[0], Call):
-                    await self._call(wanted[0])
-                elif wanted:
+                if wanted:
                     await self._execute(wanted)
             except Exception as error:  # the worker must outlive any one bad batch
                 logger.exception("inference batch failed")
@@ -145,30 +171,30 @@ class BatchWorker:
                     if not job.future.done():
                         job.future.set_exception(error)
 
-    async def _gather(self) -> list[Work]:
-        """The next batch: the oldest job plus whatever jobs arrive within `max_wait`, up to
-        `max_batch` and up to the next call; or a call alone."""
-        loop = asyncio.get_running_loop()
-        if self._held is not None:
-            first, self._held = self._held, None
-        else:
-            first = await self._queue.get()
-        if isinstance(first, Call):
+    async def _serve_calls(self) -> None:
+        while True:
+            call = (await self._calls.get())[-1]
             self._report_depth()
-            return [first]
-        batch: list[Work] = [first]
+            try:
+                if await self._still_wanted([call]):
+                    await self._call(call)
+            except Exception as error:  # the worker must outlive any one bad call
+                logger.exception("queued call failed")
+                if not call.future.done():
+                    call.future.set_exception(error)
+
+    async def _gather(self) -> list[Job]:
+        """The next batch: the first job in the queue's order plus whatever jobs arrive within
+        `max_wait`, up to `max_batch`."""
+        loop = asyncio.get_running_loop()
+        batch: list[Job] = [(await self._jobs.get())[-1]]
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_batch:
             try:
-                work = self._queue.get_nowait()
+                batch.append(self._jobs.get_nowait()[-1])
+                continue
             except asyncio.QueueEmpty:
                 pass
-            else:
-                if isinstance(work, Call):
-                    self._held = work
-                    break
-                batch.append(work)
-                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -196,7 +222,7 @@ class BatchWorker:
     async def _call(self, call: Call) -> None:
         # The call's own errors (bad text, too long) are its caller's answer, not a worker failure.
         try:
-            result = await self.run_on_device(call.function)
+            result = await asyncio.get_running_loop().run_in_executor(self._text_executor, call.function)
         except Exception as error:
             if not call.future.done():
                 call.future.set_exception(error)

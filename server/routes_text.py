@@ -54,7 +54,7 @@ class SpeechRequest(BaseModel):
 
 async def _speak(request: Request, service: Service, body: Any, text_param: str,
                  format_param: str) -> Response:
-    """Text to mel (queued like vocoding, on the device thread), then the shared mel-to-audio path."""
+    """Text to mel (queued like vocoding, on the text thread), then the shared mel-to-audio path."""
     frontend = service.require_text()
     deadline = service.deadline()
     audio_format = service.formats.get(body.format, param=format_param)
@@ -65,9 +65,10 @@ async def _speak(request: Request, service: Service, body: Any, text_param: str,
         check_text(body.text, service.settings.max_text_chars)
         # The estimate normalizes the text (milliseconds of Python): off the event loop, but ahead
         # of the queue, so that text that is surely too long never waits for the device.
-        await run_in_threadpool(frontend.check_length, body.text, length_scale, limits.max_frames)
+        # The estimate also orders the queue, so a short text does not wait behind long ones.
+        frames = await run_in_threadpool(frontend.check_length, body.text, length_scale, limits.max_frames)
         mel = await service.queued(request, partial(frontend.synthesize_mel, body.text, body.noise_scale,
-                                                    length_scale, body.seed, limits.max_frames), deadline)
+                                                    length_scale, body.seed, limits.max_frames), frames, deadline)
     except TextError as error:
         raise APIError(422, str(error), code="invalid_text", param=text_param) from None
     except SpeechTooLong as error:

@@ -174,12 +174,13 @@ class Service:
         return await audio_response(audio_format, result.audio, model.sample_rate, options.sample_rate,
                                     result.inference_time, headers={"X-Batch-Size": str(result.batch_size)})
 
-    async def queued(self, request: Request, function: Callable[[], Any], deadline: float) -> Any:
-        """`function()`'s result, run on the device thread in its turn in the request queue, so
-        that it shares vocoding's queue limit (503 when full), concurrency and deadline (504)."""
+    async def queued(self, request: Request, function: Callable[[], Any], frames: int, deadline: float) -> Any:
+        """`function()`'s result, run on the text thread (one call at a time) in its turn in the
+        request queue, so that it shares vocoding's queue limit (503 when full) and deadline (504).
+        `frames`, an estimate of the mel it makes, places it in the queue's order."""
         _, worker = self.require_ready()
         with DisconnectWatch(request.receive) as watch:
-            return await self._wait(worker.submit(Call(function, watch.is_disconnected)), deadline)
+            return await self._wait(worker.submit(Call(function, frames, watch.is_disconnected)), deadline)
 
     async def _wait(self, future: asyncio.Future[Any], deadline: float) -> Any:
         try:

@@ -20,7 +20,7 @@ with warnings.catch_warnings():
 
 import server.cli
 from server.app import create_app
-from server.batching import BatchWorker, Job
+from server.batching import OVERTAKE_SECONDS_PER_FRAME, BatchWorker, Call, Job
 from server.errors import APIError
 from server.metrics import ServiceMetrics
 from server.schemas import EXAMPLE_REQUEST
@@ -543,6 +543,33 @@ def test_worker_drops_disconnected_and_cancelled_jobs(model):
     assert result.batch_size == 1  # only the job still wanted ran
     assert metrics.dropped.labels("disconnected")._value.get() == 1
     assert metrics.dropped.labels("cancelled")._value.get() == 1
+
+
+def test_worker_takes_shorter_work_first_but_only_within_the_longer_ones_allowance(model):
+    """A short request overtakes longer work queued just before it, not work that has already
+    waited out its allowance (`OVERTAKE_SECONDS_PER_FRAME` per frame): nothing starves."""
+    async def scenario():
+        worker = BatchWorker(model, ServiceMetrics())  # not started: the order is set before anything runs
+        order = []
+
+        def call(name: str, frames: int) -> Call:
+            return Call(lambda: order.append(name), frames)
+
+        allowance = 100 * OVERTAKE_SECONDS_PER_FRAME
+        futures = [worker.submit(call("waited out", 100))]
+        await asyncio.sleep(2 * allowance)
+        futures += [worker.submit(call(name, frames)) for name, frames in [("long", 5000), ("short", 10)]]
+        futures.append(worker.submit(Job(random_mel(20), 0.6)))
+        worker.start()
+        try:
+            await asyncio.gather(*futures)
+        finally:
+            await worker.close()
+        return order, futures[-1].result()
+
+    order, result = asyncio.run(scenario())
+    assert order == ["waited out", "short", "long"]
+    assert result.audio.shape == (20 * HOP,)
 
 
 def test_full_queue_is_503_with_retry_after(model):

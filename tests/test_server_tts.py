@@ -201,8 +201,9 @@ def queue_depth(client: TestClient) -> float:
     return float(line.split()[1])
 
 
-def test_the_text_front_end_waits_in_the_vocoding_queue_on_the_device_thread(model):
-    """The front-end used to run in Starlette's thread pool, outside the queue and its limits."""
+def test_the_text_front_end_waits_in_the_vocoding_queue_and_runs_one_call_at_a_time(model):
+    """The front-end used to run in Starlette's thread pool, outside the queue and its limits;
+    it runs on its own thread, so that a long text does not hold up vocoding."""
     frontend = EspeakFrontend(MelConfig())
     make_mel = frontend.synthesize_mel
     threads, entered, release = [], threading.Event(), threading.Event()
@@ -230,7 +231,70 @@ def test_the_text_front_end_waits_in_the_vocoding_queue_on_the_device_thread(mod
         finally:
             release.set()
         assert running.result().status_code == 200 and waiting.result().status_code == 200
-    assert len(threads) == 2 and all(name.startswith("vocoder-device") for name in threads)
+    assert len(threads) == 2 and all(name.startswith("vocoder-text") for name in threads)
+
+
+def test_a_short_text_overtakes_long_texts_queued_before_it(model):
+    """Eight long texts queued at once used to keep a `Hello world.` behind them for seconds."""
+    frontend = EspeakFrontend(MelConfig())
+    make_mel = frontend.synthesize_mel
+    order, entered, release = [], threading.Event(), threading.Event()
+
+    def recorded_synthesize(text, *args):
+        order.append(text)
+        entered.set()
+        release.wait(10)
+        return make_mel(text, *args)
+
+    frontend.synthesize_mel = recorded_synthesize
+    # Within the estimate (about 1400 frames), so each would make espeak-ng read up to max_frames.
+    long_text = ("Printing, in the only sense with which we are at present concerned, differs from most "
+                 "if not from all the arts and crafts represented in the Exhibition. ") * 13
+    with TestClient(create_app(Settings(max_frames=2000), model, text_frontend=frontend)) as client, \
+            ThreadPoolExecutor(5) as pool:
+        wait_ready(client)
+        try:
+            first = pool.submit(client.post, "/v1/tts", json={"text": "The first."})
+            assert entered.wait(10)
+            long = [pool.submit(client.post, "/v1/tts", json={"text": long_text}) for _ in range(3)]
+            end = time.monotonic() + 10
+            while queue_depth(client) < 3:
+                assert time.monotonic() < end, "the long texts never entered the queue"
+                time.sleep(0.02)
+            short = pool.submit(client.post, "/v1/tts", json={"text": TEXT})
+            while queue_depth(client) < 4:
+                assert time.monotonic() < end, "the short text never entered the queue"
+                time.sleep(0.02)
+        finally:
+            release.set()
+        assert first.result().status_code == short.result().status_code == 200
+        assert [response.result().status_code for response in long] == [413] * 3
+    assert order == ["The first.", TEXT] + [long_text] * 3
+
+
+def test_vocoding_goes_on_while_a_text_call_runs(model):
+    """Text work used to run on the device thread, so one long text stalled every vocoding request."""
+    frontend = EspeakFrontend(MelConfig())
+    make_mel = frontend.synthesize_mel
+    entered, release = threading.Event(), threading.Event()
+
+    def held_synthesize(*args):
+        entered.set()
+        release.wait(10)
+        return make_mel(*args)
+
+    frontend.synthesize_mel = held_synthesize
+    with TestClient(create_app(Settings(), model, text_frontend=frontend)) as client, ThreadPoolExecutor(2) as pool:
+        wait_ready(client)
+        try:
+            text = pool.submit(client.post, "/v1/tts", json={"text": TEXT})
+            assert entered.wait(10)
+            vocode = pool.submit(client.post, "/v1/vocode", json={"mel": [[-5.0] * 8] * 80})
+            assert vocode.result(timeout=5).status_code == 200
+            assert not text.done()
+        finally:
+            release.set()
+        assert text.result().status_code == 200
 
 
 # -- POST /v1/audio/speech -----------------------------------------------------------------------

@@ -50,9 +50,11 @@ class TextFrontend(abc.ABC):
         """A cheap low estimate of the frames of `text`'s mel, from the text alone; `TextError`
         for text that cannot be spoken."""
 
-    def check_length(self, text: str, length_scale: float, max_frames: int) -> None:
-        """`SpeechTooLong` if `min_frames` already exceeds `max_frames`: refused without the work."""
-        check_speech_frames(self.min_frames(text, length_scale), max_frames, estimated=True)
+    def check_length(self, text: str, length_scale: float, max_frames: int) -> int:
+        """`min_frames`, or `SpeechTooLong` if that already exceeds `max_frames`: refused without the work."""
+        frames = self.min_frames(text, length_scale)
+        check_speech_frames(frames, max_frames, estimated=True)
+        return frames
 
 
 class FlowTextFrontend(TextFrontend):
