@@ -534,7 +534,7 @@ def test_worker_drops_disconnected_and_cancelled_jobs(model):
             result = await futures[0]
             with pytest.raises(APIError) as error:
                 await futures[1]
-            assert error.value.status_code == 499
+            assert error.value.status_code == 499 and error.value.code == "client_disconnected"
             return result, metrics
         finally:
             await worker.close()
