@@ -100,7 +100,8 @@ class WaveFlow(nn.Module):
         self.source_filter: SourceFilter | None = None
         if config.family == "source-filter":
             mel_config = mel_config or MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
-            self.source_filter = SourceFilter(config.lpc_order, config.gain_channels, mel_config)
+            self.source_filter = SourceFilter(config.lpc_order, config.gain_channels, mel_config,
+                                              config.voiced_harmonics)
         if config.family == "waveglow":
             self.upsample = nn.ConvTranspose1d(config.n_mels, config.n_mels, config.upsample_kernel,
                                                stride=config.hop_length)
@@ -189,15 +190,17 @@ class WaveFlow(nn.Module):
         """
         c = self.config
         log_det = torch.zeros(audio.shape[0], dtype=audio.dtype, device=audio.device)
+        frame_lengths = None if lengths is None else -torch.div(-lengths, c.hop_length, rounding_mode="floor")
+        if self.pitch is not None and pitch is None:
+            pitch = self.pitch.track(mel, c.hop_length, self.sample_rate, frame_lengths)
         if self.source_filter is not None:
-            audio, log_det = self.source_filter.whiten(audio, mel, lengths)
+            audio, log_det = self.source_filter.whiten(audio, mel, lengths, pitch)
         x = self.squeeze(audio)
         groups = x.shape[2]
         group_lengths = None if lengths is None else torch.div(lengths, c.n_group, rounding_mode="floor")
         mask = length_mask(group_lengths, groups, x)
         valid = (torch.full((x.shape[0],), groups, device=x.device) if group_lengths is None
                  else group_lengths.to(x.device)).to(x.dtype)
-        frame_lengths = None if lengths is None else -torch.div(-lengths, c.hop_length, rounding_mode="floor")
         cond = self.condition(mel, groups, frame_lengths, pitch)
         if mask is not None:
             x = x * mask
@@ -252,10 +255,12 @@ class WaveFlow(nn.Module):
         `z` (standard normal, `(B, n_group, T * hop / n_group)`) is drawn when not given. `pitch`
         replaces the mel's own pitch track.
         """
+        if self.pitch is not None and pitch is None:
+            pitch = self.pitch.track(mel, self.config.hop_length, self.sample_rate, lengths)
         x = self.infer_flow(mel, sigma, lengths, z, generator, pitch)
         if self.source_filter is None:
             return x
-        audio, _ = self.source_filter.colour(x, self.source_filter.frame_filter(mel, lengths))
+        audio, _ = self.source_filter.colour(x, self.source_filter.frame_filter(mel, lengths), pitch=pitch)
         mask = sample_mask(None if lengths is None else lengths * self.config.hop_length, audio.shape[1], audio)
         return audio if mask is None else audio * mask
 
