@@ -42,7 +42,7 @@ def test_round_trip_presets(name):
 
 
 @pytest.mark.parametrize("name", ["waveglow", "efficient", "efficient-shifted", "source-filter",
-                                  "source-filter-symmetric"])
+                                  "source-filter-voiced", "source-filter-symmetric"])
 def test_log_determinant_equals_autograd_jacobian(name):
     flow = tiny_flow(name).double()
     audio, mel = _inputs(flow, frames=3, batch=1, dtype=torch.float64)
@@ -70,7 +70,7 @@ def test_log_likelihood_includes_gaussian_constant():
     assert flow.log_likelihood(audio, mel, sigma=sigma).item() == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["efficient", "efficient-shifted", "source-filter"])
+@pytest.mark.parametrize("name", ["efficient", "efficient-shifted", "source-filter", "source-filter-voiced"])
 def test_padded_batch_likelihood_matches_single_items(name):
     flow = tiny_flow(name)
     audio, mel = _inputs(flow, frames=10)
@@ -114,7 +114,8 @@ def test_weight_norm_fold_keeps_function_and_names():
 
 
 @pytest.mark.parametrize("name,upsample_kernel", [("waveglow", 64), ("waveglow", 40), ("efficient", None),
-                                                  ("efficient-half-hop", None), ("source-filter", None)])
+                                                  ("efficient-half-hop", None), ("source-filter", None),
+                                                  ("source-filter-voiced", None)])
 def test_fused_flow_equals_the_reference(name, upsample_kernel):
     """The fused copy rearranges the conditioners, the upsampler and the inverse 1x1 convolutions;
     the latent, the log-det and the sample must not depend on which flow ran (a bug shared by both

@@ -121,6 +121,9 @@ def test_model_dependent_checks(tiny_recipe):
     raw = {**tiny_recipe, "mel": {}}
     with pytest.raises(ConfigError, match="model expects 20 mels / hop 64"):
         resolve_model(config_from_dict(raw), None)
+    raw = {**tiny_recipe, "loss": {**tiny_recipe["loss"], "pitch_phase": "aligned"}}
+    with pytest.raises(ConfigError, match="pitch_phase=aligned needs a source-filter model with pitch"):
+        resolve_model(config_from_dict(raw), None)
 
 
 def test_print_config_resolves_paths_and_model(tmp_path, capsys, tiny_recipe, speech_dir):

@@ -19,6 +19,7 @@ from training.config import config_from_dict
 from training.state import STATE_TENSORS, find_resume_dir, step_dirs
 from training.pitch_fit import fit_pitch_predictor
 from training.trainer import Trainer, resolve_model
+from vocoder.pitch import align_phase
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
@@ -92,19 +93,28 @@ def test_sigterm_checkpoints_then_resume_finishes(tmp_path, speech_dir, tiny_rec
     assert max(losses(tmp_path / "run")) == step + 2
 
 
-def test_source_filter_fits_its_pitch_predictor_once_and_resumes(tmp_path, speech_dir, tiny_recipe, monkeypatch):
+@pytest.mark.parametrize("pitch_phase", ["predicted", "aligned"])
+def test_source_filter_fits_its_pitch_predictor_once_and_resumes(tmp_path, speech_dir, tiny_recipe, monkeypatch,
+                                                                 pitch_phase):
+    import training.losses
     import training.vocoder_task
     from test_training import LJ_CLIPS, audio_filelist
 
-    fits = []
+    fits, alignments = [], []
 
-    def short_fit(predictor, store, mel, seed):
+    def short_fit(predictor, store, mel, seed, labels=None):
         fits.append(len(store))
-        return fit_pitch_predictor(predictor, store, mel, seed, steps=20)
+        return fit_pitch_predictor(predictor, store, mel, seed, steps=20, labels=labels)
+
+    def counted_align_phase(track, signal, hop, sample_rate):
+        alignments.append(signal.shape)
+        return align_phase(track, signal, hop, sample_rate)
 
     monkeypatch.setattr(training.vocoder_task, "fit_pitch_predictor", short_fit)
+    monkeypatch.setattr(training.losses, "align_phase", counted_align_phase)
     out = tmp_path / "run"
     raw = {**recipe(tiny_recipe, speech_dir, out),
+           "loss": {**tiny_recipe["loss"], "pitch_phase": pitch_phase},
            "data": {"paths": [str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))], "val_clips": 1},
            "model": {**tiny_recipe["model"], "family": "source-filter", "shift_groups": True, "lpc_order": 8,
                      "gain_channels": 4, "pitch_harmonics": 2, "pitch_channels": 4}}
@@ -115,3 +125,5 @@ def test_source_filter_fits_its_pitch_predictor_once_and_resumes(tmp_path, speec
     weights = load_file(str(out / f"checkpoints/step-{STOP + EXTRA:08d}/model.safetensors"))
     assert weights["pitch.fitted"].item() == 1
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in losses(out).values())
+    # Aligned training conditions every step on the recording's own phase; the default never.
+    assert len(alignments) == (STOP + EXTRA if pitch_phase == "aligned" else 0)

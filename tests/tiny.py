@@ -20,6 +20,10 @@ TINY_CONFIGS = {
     "source-filter": FlowConfig(family="source-filter", n_mels=6, hop_length=16, n_group=8, n_flows=4,
                                 n_early_every=2, n_early_size=2, n_layers=2, n_channels=8, shift_groups=True,
                                 lpc_order=4, gain_channels=4, pitch_harmonics=2, pitch_channels=4),
+    "source-filter-voiced": FlowConfig(family="source-filter", n_mels=6, hop_length=16, n_group=8, n_flows=4,
+                                       n_early_every=2, n_early_size=2, n_layers=2, n_channels=8, shift_groups=True,
+                                       lpc_order=4, gain_channels=4, pitch_harmonics=2, pitch_channels=4,
+                                       voiced_harmonics=3),
     "source-filter-symmetric": FlowConfig(family="source-filter", n_mels=6, hop_length=16, n_group=8, n_flows=4,
                                           n_early_every=2, n_early_size=2, n_layers=2, n_channels=8,
                                           shift_groups=True, lpc_order=4, gain_channels=4, pitch_harmonics=2,
@@ -28,13 +32,16 @@ TINY_CONFIGS = {
 
 
 def randomise_end_layers(flow: WaveFlow, std: float = 0.05, seed: int = 0) -> WaveFlow:
-    """Also the source-filter gain correction's last layer, so every learned part acts."""
+    """Also the last layers of the source filter's gain correction and voiced mean, so every
+    learned part acts."""
     generator = torch.Generator().manual_seed(seed)
     ends = [end for conditioner in flow.WN
             for end in ([conditioner.end] if hasattr(conditioner, "end") else
                         [conditioner.end_shift, conditioner.end_log_scale])]
     if flow.source_filter is not None:
         ends.append(flow.source_filter.gain_net[-1])
+        if flow.source_filter.voiced_net is not None:
+            ends.append(flow.source_filter.voiced_net[-1])
     with torch.no_grad():
         for end in ends:
             end.weight.copy_(torch.randn(end.weight.shape, generator=generator) * std)

@@ -23,6 +23,7 @@ from vocoder.text.model import AcousticConfig
 
 Task = Literal["vocoder", "acoustic"]
 Precision = Literal["fp32", "bf16", "fp16"]
+PitchPhase = Literal["predicted", "aligned"]
 Schedule = Literal["constant", "cosine"]
 DEFAULT_STFT_RESOLUTIONS = [[512, 128, 512], [1024, 256, 1024], [2048, 512, 2048]]
 
@@ -80,6 +81,11 @@ class LossConfig(DictConfig):
     `aux_sigma` (the acoustic model's loss is fixed: `TextToMel.loss`).
 
     Each `stft_resolutions` entry is `[n_fft, hop, win]` of the multi-resolution STFT loss.
+
+    `pitch_phase` is the pitch track that a pitch-conditioned model sees in training: the
+    mel's own (`predicted`, what it sees when sampling), or the recording's pYIN F0 and voicing
+    with the phase aligned to its excitation (`aligned`), so that the couplings learn where its
+    glottal pulses fall (docs/SOURCE_FILTER.md).
     """
 
     sigma: float = 1.0
@@ -87,6 +93,7 @@ class LossConfig(DictConfig):
     mel_weight: float = 0.0
     aux_sigma: float = SIGMA.default
     stft_resolutions: list[list[int]] = field(default_factory=lambda: [list(r) for r in DEFAULT_STFT_RESOLUTIONS])
+    pitch_phase: PitchPhase = "predicted"
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=["sigma"], non_negative=["stft_weight", "mel_weight", "aux_sigma"])
@@ -188,6 +195,9 @@ def check_against_model(config: TrainConfig) -> None:
     if loop.segment_length % model.n_group:
         raise ConfigError(f"train.segment_length {loop.segment_length} must be a multiple of the "
                           f"model's n_group {model.n_group}")
+    if config.loss.pitch_phase == "aligned" and not (model.pitch_harmonics and model.lpc_order):
+        raise ConfigError("loss.pitch_phase=aligned needs a source-filter model with pitch conditioning "
+                          "(model.pitch_harmonics and model.lpc_order above 0)")
     if loop.segment_length < max(mel.min_samples, mel.n_fft):
         raise ConfigError(f"train.segment_length {loop.segment_length} is shorter than one STFT frame "
                           f"({mel.n_fft} samples)")

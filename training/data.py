@@ -227,14 +227,19 @@ class SegmentDataset(Dataset):
     """Random fixed-length segments; keys are `(epoch, clip index)` pairs.
 
     Item: audio `(segment_length,)` zero-padded past the clip's end, and its valid length
-    in samples (a multiple of `n_group`).
+    in samples (a multiple of `n_group`). Given each clip's `pitch` (F0 without gaps and
+    voicing at frames 0, hop, 2 hop...), also those of the segment's mel frames
+    `(segment_length // hop + 1,)`, interpolated, the last frame held past the clip's end.
     """
 
-    def __init__(self, store: AudioStore, segment_length: int, n_group: int, seed: int) -> None:
+    def __init__(self, store: AudioStore, segment_length: int, n_group: int, seed: int,
+                 pitch: list[tuple[np.ndarray, np.ndarray]] | None = None, hop: int = 256) -> None:
         self.store = store
         self.segment_length = segment_length
         self.n_group = n_group
         self.seed = seed
+        self.pitch = pitch
+        self.hop = hop
 
     def __len__(self) -> int:
         return len(self.store)
@@ -253,7 +258,12 @@ class SegmentDataset(Dataset):
         length = piece.shape[0] // self.n_group * self.n_group
         segment = np.zeros(self.segment_length, dtype=np.float32)
         segment[:length] = piece[:length]
-        return torch.from_numpy(segment), length
+        if self.pitch is None:
+            return torch.from_numpy(segment), length
+        positions = (start + self.hop * np.arange(self.segment_length // self.hop + 1)) / self.hop
+        f0, voicing = (np.interp(positions, np.arange(track.shape[0]), track).astype(np.float32)
+                       for track in self.pitch[index])
+        return torch.from_numpy(segment), length, torch.from_numpy(f0), torch.from_numpy(voicing)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import nn
 from training.config import LossConfig
 from vocoder.flow import WaveFlow
 from vocoder.mel import MelConfig, MelSpectrogram
+from vocoder.pitch import PitchTrack, align_phase
 
 
 def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
@@ -49,8 +50,9 @@ class MultiResolutionSTFTLoss(nn.Module):
 class FlowObjective(nn.Module):
     """Loss terms of one batch.
 
-    Input: audio `(B, L)` and valid lengths `(B,)` in samples (multiples of n_group).
-    Output: dict of scalars: `loss` (what is optimised), `nll` (nats per sample, at the
+    Input: audio `(B, L)` and valid lengths `(B,)` in samples (multiples of n_group); with
+    `loss.pitch_phase=aligned`, also the recording's F0 (Hz) and voicing at the mel's frames
+    `(B, T)`. Output: dict of scalars: `loss` (what is optimised), `nll` (nats per sample, at the
     training sigma) and, when enabled, `stft` and `mel` (on audio from the reverse pass).
     """
 
@@ -65,20 +67,22 @@ class FlowObjective(nn.Module):
     def uses_aux(self) -> bool:
         return self.config.stft_weight > 0 or self.config.mel_weight > 0
 
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor, f0: torch.Tensor | None = None,
+                voicing: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         c = self.config
         with torch.no_grad(), _full_precision(audio.device):
             mel = self.mel(audio)
         full = bool((lengths == audio.shape[1]).all())
         valid = None if full else lengths
-        nll = -self.flow.log_likelihood(audio, mel, c.sigma, valid).mean()
+        pitch = None if f0 is None else self.recorded_pitch(audio, mel, valid, f0, voicing)
+        nll = -self.flow.log_likelihood(audio, mel, c.sigma, valid, pitch).mean()
         terms = {"nll": nll}
         loss = nll
         if self.uses_aux:
             # Latents come from the global RNG on the CPU: its state is checkpointed, and the
             # draw does not depend on the device.
             z = torch.randn(self.flow.latent_shape(mel.shape[0], mel.shape[2])).to(audio.device)
-            generated = self.flow.infer(mel, c.aux_sigma, z=z)[:, : audio.shape[1]]
+            generated = self.flow.infer(mel, c.aux_sigma, z=z, pitch=pitch)[:, : audio.shape[1]]
             with _full_precision(audio.device):
                 generated = generated.float()
                 if not full:
@@ -92,3 +96,15 @@ class FlowObjective(nn.Module):
                     loss = loss + c.mel_weight * terms["mel"]
         terms["loss"] = loss
         return terms
+
+    def recorded_pitch(self, audio: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor | None,
+                       f0: torch.Tensor, voicing: torch.Tensor) -> PitchTrack:
+        """The recording's pitch track, its phase aligned to the flow's input: the excitation."""
+        hop, sample_rate = self.mel.config.hop_length, self.mel.config.sample_rate
+        source_filter = self.flow.source_filter
+        assert source_filter is not None, "checked by training.config.check_against_model"
+        with torch.no_grad(), _full_precision(audio.device):
+            excitation, _ = source_filter.whiten(audio.float(), mel, lengths)
+            track = PitchTrack.from_f0(f0[:, : mel.shape[2]], voicing[:, : mel.shape[2]].to(mel.dtype), hop,
+                                       sample_rate)
+            return align_phase(track, excitation, hop, sample_rate)

@@ -14,7 +14,10 @@ from tqdm import tqdm
 from training.data import AudioStore
 from training.logging_utils import log
 from vocoder.mel import MelSpectrogram
-from vocoder.pitch import F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ, PitchPredictor
+from vocoder.pitch import F0_CENTRE_HZ, F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ, PitchPredictor
+
+# pYIN F0 (Hz, 0 where unvoiced) and voicing (0 or 1) of one clip, at the mel's frame centres.
+PitchLabels = tuple[np.ndarray, np.ndarray]
 
 FIT_STEPS = 800
 FIT_WINDOW_FRAMES = 128
@@ -28,6 +31,23 @@ def pyin_labels(audio: np.ndarray, sample_rate: int, hop: int) -> tuple[np.ndarr
     f0, voiced, _ = librosa.pyin(audio, fmin=F0_MIN_HZ, fmax=F0_MAX_HZ, sr=sample_rate,
                                  frame_length=round(F0_FRAME_SECONDS * sample_rate), hop_length=hop, center=True)
     return np.where(voiced, np.nan_to_num(f0), 0.0).astype(np.float32), voiced.astype(np.float32)
+
+
+def label_clips(store: AudioStore, sample_rate: int, hop: int) -> list[PitchLabels]:
+    """pYIN labels of every clip of `store`."""
+    return [pyin_labels(store.load(index), sample_rate, hop)
+            for index in tqdm(range(len(store)), desc="pYIN labels", unit="clip")]
+
+
+def continuous_f0(labels: PitchLabels) -> np.ndarray:
+    """The F0 with unvoiced frames bridged linearly between their voiced neighbours (held at
+    the ends; the predictor's centre where nothing is voiced), so that interpolating it between
+    frames never passes through 0."""
+    f0, voiced = labels
+    known = np.flatnonzero(voiced > 0)
+    if known.size == 0:
+        return np.full_like(f0, F0_CENTRE_HZ)
+    return np.interp(np.arange(f0.shape[0]), known, f0[known]).astype(np.float32)
 
 
 def _window_batch(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rng: np.random.Generator,
@@ -58,15 +78,16 @@ def pitch_loss(predictor: PitchPredictor, mel: torch.Tensor, f0: torch.Tensor,
 
 
 def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSpectrogram, seed: int,
-                        steps: int = FIT_STEPS) -> dict[str, float]:
-    """Label every clip of `store` with pYIN, fit `predictor` on random windows of them, and
-    mark it fitted. Returns the final training errors."""
+                        steps: int = FIT_STEPS, labels: list[PitchLabels] | None = None) -> dict[str, float]:
+    """Fit `predictor` on random windows of the clips of `store` and their pYIN `labels`
+    (computed when not given), and mark it fitted. Returns the final training errors."""
     config = mel.config
     device = mel.filterbank.device
+    if labels is None:
+        labels = label_clips(store, config.sample_rate, config.hop_length)
     examples = []
-    for index in tqdm(range(len(store)), desc="pYIN labels", unit="clip"):
+    for index, (f0, voiced) in enumerate(labels):
         audio = store.load(index)
-        f0, voiced = pyin_labels(audio, config.sample_rate, config.hop_length)
         with torch.no_grad():
             clip_mel = mel(torch.from_numpy(audio).to(device))[0]
         frames = min(clip_mel.shape[1], len(f0))

@@ -12,7 +12,7 @@ from training.config import TrainConfig
 from training.data import AudioStore, Clip, Position, ResumableBatchSampler, SegmentDataset, drop_short, split_clips
 from training.distributed import DistributedContext
 from training.logging_utils import MetricsWriter, log
-from training.pitch_fit import fit_pitch_predictor
+from training.pitch_fit import continuous_f0, fit_pitch_predictor, label_clips
 from training.losses import FlowObjective
 from training.tasks import Task, TrainData
 from vocoder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -81,16 +81,21 @@ class VocoderTask(Task):
             log.info("cached %.1f min of training audio in memory in %.1f s", cached / 60, time.time() - started)
         sampler = ResumableBatchSampler(len(store), loop.seed, per_rank, context.world_size, context.rank, position)
         self.val_store = AudioStore(self.val_clips, config.mel.sample_rate, cache=True)
-        pitch = self.flow.pitch
-        if pitch is not None and not bool(pitch.fitted):
+        predictor, labels, recorded = self.flow.pitch, None, None
+        if config.loss.pitch_phase == "aligned" or (predictor is not None and not bool(predictor.fitted)):
+            labels = label_clips(store, config.mel.sample_rate, config.mel.hop_length)
+        if predictor is not None and not bool(predictor.fitted):
             # Every process fits the same predictor from the same seed before the first step.
-            fit_pitch_predictor(pitch, store, self.mel, loop.seed)
-        return TrainData(SegmentDataset(store, loop.segment_length, config.model.n_group, loop.seed), sampler)
+            fit_pitch_predictor(predictor, store, self.mel, loop.seed, labels=labels)
+        if config.loss.pitch_phase == "aligned":
+            recorded = [(continuous_f0(clip), clip[1]) for clip in labels]
+        return TrainData(SegmentDataset(store, loop.segment_length, config.model.n_group, loop.seed,
+                                        recorded, config.mel.hop_length), sampler)
 
-    def to_device(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        audio, lengths = batch
+    def to_device(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Audio and lengths, and with `loss.pitch_phase=aligned` the recording's F0 and voicing."""
         device = self.context.device
-        return audio.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+        return tuple(tensor.to(device, non_blocking=True) for tensor in batch)
 
     def batch_seconds(self, batch: list[torch.Tensor]) -> float:
         return batch[0].numel() / self.config.mel.sample_rate

@@ -35,7 +35,9 @@ class FlowConfig(DictConfig):
     all-pole filter of order `lpc_order` and a gain before the flow (vocoder/source_filter.py);
     `gain_channels` sizes the network that corrects the gain. With `pitch_harmonics` > 0 the
     couplings also see the sin and cos of that many harmonics of the F0 phase at audio rate
-    (vocoder/pitch.py), projected once to `pitch_channels` channels. `symmetric` makes every
+    (vocoder/pitch.py), projected once to `pitch_channels` channels. With `voiced_harmonics` > 0
+    the excitation's voiced mean, that many harmonics of the same phase with amplitudes from the
+    mel, is taken out before the flow (vocoder/source_filter.py). `symmetric` makes every
     coupling odd in the audio (vocoder/conditioner.py), so p(x | mel) = p(-x | mel).
     """
 
@@ -56,6 +58,7 @@ class FlowConfig(DictConfig):
     gain_channels: int = 64
     pitch_harmonics: int = 0
     pitch_channels: int = 32
+    voiced_harmonics: int = 0
     symmetric: bool = False
 
     def __post_init__(self) -> None:
@@ -80,6 +83,9 @@ class FlowConfig(DictConfig):
             problems.append(f"lpc_order is for the source-filter family, not {self.family!r}")
         if self.pitch_harmonics and self.family != "source-filter":
             problems.append(f"pitch_harmonics is for the source-filter family, not {self.family!r}")
+        if self.voiced_harmonics < 0 or (self.voiced_harmonics and not self.pitch_harmonics):
+            problems.append(f"voiced_harmonics needs pitch conditioning (pitch_harmonics > 0), "
+                            f"got {self.voiced_harmonics}")
         if self.symmetric and self.family == "waveglow":
             problems.append("symmetric is for the efficient and source-filter families")
         if self.shift_groups and self.family == "waveglow":

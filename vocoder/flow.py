@@ -100,7 +100,8 @@ class WaveFlow(nn.Module):
         self.source_filter: SourceFilter | None = None
         if config.family == "source-filter":
             mel_config = mel_config or MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
-            self.source_filter = SourceFilter(config.lpc_order, config.gain_channels, mel_config)
+            self.source_filter = SourceFilter(config.lpc_order, config.gain_channels, mel_config,
+                                              config.voiced_harmonics)
         if config.family == "waveglow":
             self.upsample = nn.ConvTranspose1d(config.n_mels, config.n_mels, config.upsample_kernel,
                                                stride=config.hop_length)
@@ -179,24 +180,28 @@ class WaveFlow(nn.Module):
         return step > 0 and step % self.config.n_early_every == 0
 
     # -- density ----------------------------------------------------------------------------
-    def forward(self, audio: torch.Tensor, mel: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor | None = None,
+                pitch: PitchTrack | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio `(B, L)` and mel `(B, n_mels, T)` to latent `(B, n_group, G)` and log|det J| `(B,)`.
 
-        `lengths` (samples, multiples of n_group) marks valid audio in a padded batch.
+        `lengths` (samples, multiples of n_group) marks valid audio in a padded batch. `pitch`
+        replaces the mel's own pitch track (training conditions on the recording's; see
+        `training.losses.FlowObjective`).
         """
         c = self.config
         log_det = torch.zeros(audio.shape[0], dtype=audio.dtype, device=audio.device)
+        frame_lengths = None if lengths is None else -torch.div(-lengths, c.hop_length, rounding_mode="floor")
+        if self.pitch is not None and pitch is None:
+            pitch = self.pitch.track(mel, c.hop_length, self.sample_rate, frame_lengths)
         if self.source_filter is not None:
-            audio, log_det = self.source_filter.whiten(audio, mel, lengths)
+            audio, log_det = self.source_filter.whiten(audio, mel, lengths, pitch)
         x = self.squeeze(audio)
         groups = x.shape[2]
         group_lengths = None if lengths is None else torch.div(lengths, c.n_group, rounding_mode="floor")
         mask = length_mask(group_lengths, groups, x)
         valid = (torch.full((x.shape[0],), groups, device=x.device) if group_lengths is None
                  else group_lengths.to(x.device)).to(x.dtype)
-        frame_lengths = None if lengths is None else -torch.div(-lengths, c.hop_length, rounding_mode="floor")
-        cond = self.condition(mel, groups, frame_lengths)
+        cond = self.condition(mel, groups, frame_lengths, pitch)
         if mask is not None:
             x = x * mask
         early: list[torch.Tensor] = []
@@ -228,9 +233,10 @@ class WaveFlow(nn.Module):
         return z, log_det
 
     def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, sigma: float = 1.0,
-                       lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(audio | mel) per item `(B,)` in nats per audio sample, under N(0, sigma^2) latents."""
-        z, log_det = self.forward(audio, mel, lengths)
+                       lengths: torch.Tensor | None = None, pitch: PitchTrack | None = None) -> torch.Tensor:
+        """log p(audio | mel) per item `(B,)` in nats per audio sample, under N(0, sigma^2) latents
+        (given `pitch` in place of the mel's own track, when passed)."""
+        z, log_det = self.forward(audio, mel, lengths, pitch)
         samples = (torch.full((audio.shape[0],), audio.shape[1], device=z.device) if lengths is None
                    else lengths.to(z.device)).to(z.dtype)
         prior = -0.5 * (z * z).sum(dim=(1, 2)) / sigma**2 - 0.5 * samples * math.log(2 * math.pi * sigma**2)
@@ -241,16 +247,20 @@ class WaveFlow(nn.Module):
         return batch, self.config.n_group, frames * self.config.groups_per_frame
 
     def infer(self, mel: torch.Tensor, sigma: float = SIGMA.default, lengths: torch.Tensor | None = None,
-              z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+              z: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              pitch: PitchTrack | None = None) -> torch.Tensor:
         """Mel `(B, n_mels, T)` to audio `(B, T * hop)` by the inverse pass from `sigma * z`.
 
         `lengths` (frames) marks valid mel frames; the audio beyond each length is silence.
-        `z` (standard normal, `(B, n_group, T * hop / n_group)`) is drawn when not given.
+        `z` (standard normal, `(B, n_group, T * hop / n_group)`) is drawn when not given. `pitch`
+        replaces the mel's own pitch track.
         """
-        x = self.infer_flow(mel, sigma, lengths, z, generator)
+        if self.pitch is not None and pitch is None:
+            pitch = self.pitch.track(mel, self.config.hop_length, self.sample_rate, lengths)
+        x = self.infer_flow(mel, sigma, lengths, z, generator, pitch)
         if self.source_filter is None:
             return x
-        audio, _ = self.source_filter.colour(x, self.source_filter.frame_filter(mel, lengths))
+        audio, _ = self.source_filter.colour(x, self.source_filter.frame_filter(mel, lengths), pitch=pitch)
         mask = sample_mask(None if lengths is None else lengths * self.config.hop_length, audio.shape[1], audio)
         return audio if mask is None else audio * mask
 

@@ -258,7 +258,7 @@ class Vocoder(nn.Module):
                                              pitch=None if pitch is None else pitch.frames(left, right))
             audio = audio.float()[:, (start - left) * hop:(end - left) * hop]
             if source_filter is not None:
-                audio, filter_state = source_filter.colour(audio, frame_filter, start * hop, filter_state)
+                audio, filter_state = source_filter.colour(audio, frame_filter, start * hop, filter_state, pitch)
                 if lengths is not None:
                     audio = audio * (torch.arange(start * hop, end * hop, device=audio.device)[None]
                                      < lengths[:, None] * hop)

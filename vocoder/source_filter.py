@@ -22,7 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from vocoder.config import GAIN_KERNEL_SIZE
+from vocoder.errors import VocoderError
 from vocoder.mel import MelConfig, hold_last_frame
+from vocoder.pitch import PitchTrack, harmonic_features
 
 # The smooth spectrum gets a floor this far below each frame's peak, so LPC never digs
 # notches where the mel says "no energy" (a sparse inversion makes the residual explode).
@@ -36,10 +38,12 @@ WHITE_NOISE_CORRECTION = 1e-4
 
 @dataclass
 class FrameFilter:
-    """Per-frame filter: reflection coefficients `(B, T, p)` (float64) and log gain `(B, T)`."""
+    """Per-frame filter: reflection coefficients `(B, T, p)` (float64) and log gain `(B, T)`;
+    with a voiced mean, its sin and cos amplitudes `(B, T, 2 * harmonics)`."""
 
     reflection: torch.Tensor
     log_gain: torch.Tensor
+    voiced: torch.Tensor | None = None
 
 
 @numba.njit(nogil=True)
@@ -215,17 +219,33 @@ def lattice_synthesis(excitation: torch.Tensor, frames: torch.Tensor, hop: int, 
     return audio, state
 
 
+def _mel_network(n_mels: int, channels: int, outputs: int) -> nn.Sequential:
+    """A small per-frame network on the mel whose last layer starts at zero."""
+    network = nn.Sequential(
+        nn.Conv1d(n_mels, channels, GAIN_KERNEL_SIZE, padding=GAIN_KERNEL_SIZE // 2, padding_mode="replicate"),
+        nn.Tanh(), nn.Conv1d(channels, outputs, 1))
+    nn.init.zeros_(network[2].weight)
+    nn.init.zeros_(network[2].bias)
+    return network
+
+
 class SourceFilter(nn.Module):
     """Mel `(B, n_mels, T)` to a smooth all-pole filter and gain; whitens and colours audio.
 
     The gain is the LPC prediction-error gain times exp(h(mel)), where h is a small learned
-    network whose last layer starts at zero.
+    network whose last layer starts at zero. With `voiced_harmonics`, the whitened excitation
+    also loses its voiced mean: sum over harmonics k of a_k cos(k phi) + b_k sin(k phi),
+    weighted by voicing, with phi the pitch track's phase and a, b from another such network
+    (a shift given the mel: log-det 0). Sampling adds it back, so the voiced source is a
+    harmonic pulse train locked to the phase, with no squeeze grid in it.
     """
 
-    def __init__(self, order: int, gain_channels: int, mel_config: MelConfig) -> None:
+    def __init__(self, order: int, gain_channels: int, mel_config: MelConfig, voiced_harmonics: int = 0) -> None:
         super().__init__()
         self.order = order
         self.hop = mel_config.hop_length
+        self.sample_rate = mel_config.sample_rate
+        self.voiced_harmonics = voiced_harmonics
         self.n_fft = mel_config.n_fft
         c = mel_config
         filterbank = librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin,
@@ -249,11 +269,8 @@ class SourceFilter(nn.Module):
         self.register_buffer("lag_window", lag_window, persistent=False)
         self.register_buffer("expansion", BANDWIDTH_GAMMA ** torch.arange(1, order + 1, dtype=torch.float64),
                              persistent=False)
-        self.gain_net = nn.Sequential(
-            nn.Conv1d(c.n_mels, gain_channels, GAIN_KERNEL_SIZE, padding=GAIN_KERNEL_SIZE // 2,
-                      padding_mode="replicate"), nn.Tanh(), nn.Conv1d(gain_channels, 1, 1))
-        nn.init.zeros_(self.gain_net[2].weight)
-        nn.init.zeros_(self.gain_net[2].bias)
+        self.gain_net = _mel_network(c.n_mels, gain_channels, 1)
+        self.voiced_net = _mel_network(c.n_mels, gain_channels, 2 * voiced_harmonics) if voiced_harmonics else None
 
     def frame_filter(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> FrameFilter:
         """Mel `(B, n_mels, T)` (natural log magnitude) to the per-frame filter and gain.
@@ -277,13 +294,24 @@ class SourceFilter(nn.Module):
             lpc_log_gain = 0.5 * torch.log(torch.from_numpy(error).view(batch, frames).to(mel.device))
         correction = self.gain_net(mel).squeeze(1)
         log_gain = hold_last_frame(lpc_log_gain.to(correction.dtype) + correction, frame_lengths, dim=1)
-        return FrameFilter(reflection, log_gain)
+        voiced = None if self.voiced_net is None else hold_last_frame(self.voiced_net(mel), frame_lengths)
+        return FrameFilter(reflection, log_gain, None if voiced is None else voiced.transpose(1, 2))
 
-    def whiten(self, audio: torch.Tensor, mel: torch.Tensor,
-               lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def voiced_mean(self, frame_filter: FrameFilter, pitch: PitchTrack, start: int, length: int) -> torch.Tensor:
+        """The voiced mean `(B, length)` at samples `start..` of the signal whose `frame_filter`
+        (with voiced amplitudes) and `pitch` track these are."""
+        assert frame_filter.voiced is not None, "a source filter without a voiced mean"
+        features = harmonic_features(pitch, self.voiced_harmonics, self.hop, self.sample_rate, start, length)
+        amplitudes = interpolate_frames(frame_filter.voiced, self.hop, start, length)
+        return torch.einsum("bkl,blk->bl", features.to(amplitudes.dtype), amplitudes)
+
+    def whiten(self, audio: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor | None = None,
+               pitch: PitchTrack | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio `(B, L)` to the excitation `(B, L)` and the log-det `(B,)`, over the first
         `lengths` samples of each item in a padded batch (whose own mel is taken to be its
-        first ceil(lengths / hop) frames, the fewest the flow accepts)."""
+        first ceil(lengths / hop) frames, the fewest the flow accepts); `pitch` is the mel's
+        track: with it, the voiced mean (if this filter has one) is taken out too; without it
+        the mean stays in, as when the excitation itself is wanted (`training.losses`)."""
         frame_lengths = None if lengths is None else -torch.div(-lengths, self.hop, rounding_mode="floor")
         frame_filter = self.frame_filter(mel, frame_lengths)
         reflection = interpolate_frames(frame_filter.reflection, self.hop, 0, audio.shape[1])
@@ -291,6 +319,8 @@ class SourceFilter(nn.Module):
         residual = lattice_analysis(audio.to(torch.float64), reflection).to(audio.dtype)
         log_gain = log_gain.to(audio.dtype)
         excitation = residual * torch.exp(-log_gain)
+        if frame_filter.voiced is not None and pitch is not None:
+            excitation = excitation - self.voiced_mean(frame_filter, pitch, 0, audio.shape[1]).to(excitation.dtype)
         if lengths is not None:
             mask = (torch.arange(audio.shape[1], device=audio.device)[None] < lengths.to(audio.device)[:, None])
             log_gain = log_gain * mask
@@ -298,10 +328,16 @@ class SourceFilter(nn.Module):
         return excitation, -log_gain.sum(dim=1)
 
     def colour(self, excitation: torch.Tensor, frame_filter: FrameFilter, start: int = 0,
-               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Excitation `(B, L)` for samples `start..` of the signal whose `frame_filter` this is
-        (computed once for the whole signal, so chunks share it) to audio, and the new filter
-        state (see `lattice_synthesis`). The caller silences audio past a padded item's length."""
+               state: torch.Tensor | None = None, pitch: PitchTrack | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Excitation `(B, L)` for samples `start..` of the signal whose `frame_filter` and
+        `pitch` track these are (computed once for the whole signal, so chunks share them) to
+        audio, and the new filter state (see `lattice_synthesis`). The caller silences audio
+        past a padded item's length."""
+        if frame_filter.voiced is not None:
+            if pitch is None:
+                raise VocoderError("a source filter with a voiced mean needs the pitch track to colour")
+            excitation = excitation + self.voiced_mean(frame_filter, pitch, start, excitation.shape[1]).to(
+                excitation.dtype)
         log_gain = interpolate_frames(frame_filter.log_gain, self.hop, start, excitation.shape[1])
         scaled = excitation * torch.exp(log_gain.to(excitation.dtype))
         return lattice_synthesis(scaled, frame_filter.reflection, self.hop, start, state)
