@@ -23,7 +23,7 @@ TINY_CONFIGS = {
     "source-filter-voiced": FlowConfig(family="source-filter", n_mels=6, hop_length=16, n_group=8, n_flows=4,
                                        n_early_every=2, n_early_size=2, n_layers=2, n_channels=8, shift_groups=True,
                                        lpc_order=4, gain_channels=4, pitch_harmonics=2, pitch_channels=4,
-                                       voiced_harmonics=3),
+                                       voiced_harmonics=3, pitch_predictor="classifier"),
     "source-filter-symmetric": FlowConfig(family="source-filter", n_mels=6, hop_length=16, n_group=8, n_flows=4,
                                           n_early_every=2, n_early_size=2, n_layers=2, n_channels=8,
                                           shift_groups=True, lpc_order=4, gain_channels=4, pitch_harmonics=2,

@@ -19,10 +19,13 @@ from vocoder.pitch import F0_CENTRE_HZ, F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ, 
 # pYIN F0 (Hz, 0 where unvoiced) and voicing (0 or 1) of one clip, at the mel's frame centres.
 PitchLabels = tuple[np.ndarray, np.ndarray]
 
-FIT_STEPS = 800
+FIT_STEPS = 2000
 FIT_WINDOW_FRAMES = 128
 FIT_BATCH = 16
-FIT_LR = 2e-3
+FIT_PEAK_LR = 2e-3
+# Each window's frequency axis is stretched by up to this many octaves either way, its F0 label
+# with it, so that the predictor meets voices pitched outside the few training speakers'.
+FIT_WARP_OCTAVES = 0.5
 
 
 def pyin_labels(audio: np.ndarray, sample_rate: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +53,18 @@ def continuous_f0(labels: PitchLabels) -> np.ndarray:
     return np.interp(np.arange(f0.shape[0]), known, f0[known]).astype(np.float32)
 
 
+def warp_frequency(mel: torch.Tensor, factor: float, band_hz: np.ndarray) -> torch.Tensor:
+    """`mel` `(n_mels, T)` with its content moved along linear frequency by `factor` (harmonics
+    and formants alike), interpolated between the bands centred at `band_hz`; the top band holds."""
+    source = np.interp(band_hz / factor, band_hz, np.arange(band_hz.shape[0]))
+    below = torch.from_numpy(np.floor(source).astype(np.int64))
+    above = (below + 1).clamp(max=band_hz.shape[0] - 1)
+    weight = torch.from_numpy(source - np.floor(source)).to(mel.dtype)[:, None]
+    return mel[below] * (1 - weight) + mel[above] * weight
+
+
 def _window_batch(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rng: np.random.Generator,
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  band_hz: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mels, f0s, voiced = [], [], []
     for _ in range(FIT_BATCH):
         mel, f0, voicing = examples[rng.integers(len(examples))]
@@ -59,22 +72,25 @@ def _window_batch(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         size = min(FIT_WINDOW_FRAMES, frames)
         start = int(rng.integers(0, frames - size + 1))
         pad = FIT_WINDOW_FRAMES - size
-        mels.append(F.pad(mel[:, start:start + size], (0, pad), mode="replicate"))
-        f0s.append(F.pad(f0[start:start + size], (0, pad)))
-        voiced.append(F.pad(voicing[start:start + size], (0, pad)))
+        factor = float(2 ** rng.uniform(-FIT_WARP_OCTAVES, FIT_WARP_OCTAVES))
+        window_f0 = F.pad(f0[start:start + size], (0, pad)) * factor
+        in_range = (window_f0 >= F0_MIN_HZ) & (window_f0 <= F0_MAX_HZ)
+        mels.append(warp_frequency(F.pad(mel[:, start:start + size], (0, pad), mode="replicate"), factor, band_hz))
+        f0s.append(window_f0)
+        voiced.append(F.pad(voicing[start:start + size], (0, pad)) * in_range)
     return torch.stack(mels), torch.stack(f0s), torch.stack(voiced)
 
 
 def pitch_loss(predictor: PitchPredictor, mel: torch.Tensor, f0: torch.Tensor,
                voiced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L1 of log F0 on voiced frames plus voicing cross-entropy; also returns the log-F0 error
-    in cents and the voicing error rate."""
-    log_f0, voicing_logit = predictor(mel)
-    voiced_frames = voiced.sum().clamp(min=1)
-    log_error = ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced_frames
-    voicing = F.binary_cross_entropy_with_logits(voicing_logit, voiced)
-    vuv_error = ((voicing_logit > 0).float() != voiced).float().mean()
-    return log_error + voicing, log_error * 1200 / np.log(2), vuv_error
+    """The predictor's fitting loss; also its voiced log-F0 error in cents and its voicing
+    error rate."""
+    scores = predictor.scores(mel)
+    with torch.no_grad():
+        log_f0, voicing_logit = predictor.decode(scores)
+        log_error = ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced.sum().clamp(min=1)
+        vuv_error = ((voicing_logit > 0).float() != voiced).float().mean()
+    return predictor.fit_loss(scores, f0, voiced), log_error * 1200 / np.log(2), vuv_error
 
 
 def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSpectrogram, seed: int,
@@ -94,16 +110,21 @@ def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSp
         examples.append((clip_mel[:, :frames], torch.from_numpy(f0[:frames]).to(device),
                          torch.from_numpy(voiced[:frames]).to(device)))
     rng = np.random.default_rng(seed)
+    band_hz = librosa.mel_frequencies(config.n_mels + 2, fmin=config.fmin,
+                                      fmax=config.fmax or config.sample_rate / 2)[1:-1]
     predictor.requires_grad_(True)
-    optimizer = torch.optim.Adam(predictor.parameters(), lr=FIT_LR)
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=FIT_PEAK_LR)
+    # A short warm-up, then a cosine decay: the last steps refine rather than jump.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=FIT_PEAK_LR, total_steps=steps, pct_start=0.05)
     cents = vuv = 0.0
     with tqdm(range(steps), desc="fitting pitch", unit="step") as bar:
         for step in bar:
-            loss, cents_t, vuv_t = pitch_loss(predictor, *_window_batch(examples, rng))
+            loss, cents_t, vuv_t = pitch_loss(predictor, *_window_batch(examples, rng, band_hz))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            cents, vuv = 0.9 * cents + 0.1 * float(cents_t.detach()), 0.9 * vuv + 0.1 * float(vuv_t)
+            schedule.step()
+            cents, vuv = 0.9 * cents + 0.1 * float(cents_t), 0.9 * vuv + 0.1 * float(vuv_t)
             if step % 50 == 0:
                 bar.set_postfix(cents=f"{cents:.0f}", vuv=f"{vuv:.3f}")
     predictor.requires_grad_(False)

@@ -65,12 +65,22 @@ class Task(abc.ABC):
     def new_flow(self) -> nn.Module:
         """The freshly initialised model of `config.model`."""
 
+    @staticmethod
+    def refitted_parts(init_model: Any, model: Any) -> list[str]:
+        """The state-dict prefixes that training fits afresh when the recipe's `model` differs
+        from the `--init` checkpoint's `init_model` only there; empty when they must match."""
+        return []
+
     def build_flow(self, init: Any | None, init_path: str | None) -> nn.Module:
-        """The model to train, with the weights of `init` when given."""
+        """The model to train, with the weights of `init` when given (less its refitted parts)."""
         flow = self.new_flow()
         if init is not None:
-            check_state_dict(flow.state_dict(), init.state_dict, init_path or "--init checkpoint")
-            flow.load_state_dict(init.state_dict)
+            state = dict(init.state_dict)
+            for prefix in self.refitted_parts(self.checkpoint_model(init), self.config.model):
+                state = {key: value for key, value in state.items() if not key.startswith(prefix)}
+                state.update({key: value for key, value in flow.state_dict().items() if key.startswith(prefix)})
+            check_state_dict(flow.state_dict(), state, init_path or "--init checkpoint")
+            flow.load_state_dict(state)
         return flow
 
     @abc.abstractmethod

@@ -46,6 +46,15 @@ class VocoderTask(Task):
         return FlowConfig()
 
     @staticmethod
+    def refitted_parts(init_model: FlowConfig, model: FlowConfig) -> list[str]:
+        """Another kind of pitch predictor: it is fitted before the first step, and the flow keeps
+        its weights (one trained with `loss.pitch_phase=aligned` never saw the old predictor)."""
+        if (model.pitch_predictor != init_model.pitch_predictor
+                and model == init_model.updated(pitch_predictor=model.pitch_predictor)):
+            return ["pitch."]
+        return []
+
+    @staticmethod
     def default_mel(model: FlowConfig) -> MelConfig:
         return MelConfig(n_mels=model.n_mels, hop_length=model.hop_length)
 

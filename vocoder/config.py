@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from vocoder.mel import MelConfig
 
 Family = Literal["waveglow", "efficient", "source-filter"]
+PitchPredictorKind = Literal["regression", "classifier"]
 # Mel frames the source-filter gain network sees at once (vocoder/source_filter.py).
 GAIN_KERNEL_SIZE = 5
 
@@ -35,7 +36,9 @@ class FlowConfig(DictConfig):
     all-pole filter of order `lpc_order` and a gain before the flow (vocoder/source_filter.py);
     `gain_channels` sizes the network that corrects the gain. With `pitch_harmonics` > 0 the
     couplings also see the sin and cos of that many harmonics of the F0 phase at audio rate
-    (vocoder/pitch.py), projected once to `pitch_channels` channels. With `voiced_harmonics` > 0
+    (vocoder/pitch.py), projected once to `pitch_channels` channels; `pitch_predictor` picks the
+    network that predicts the F0 from the mel (`classifier`; `regression` is the first
+    source-filter checkpoints' network, the default so that they load). With `voiced_harmonics` > 0
     the excitation's voiced mean, that many harmonics of the same phase with amplitudes from the
     mel, is taken out before the flow (vocoder/source_filter.py). `symmetric` makes every
     coupling odd in the audio (vocoder/conditioner.py), so p(x | mel) = p(-x | mel).
@@ -58,6 +61,7 @@ class FlowConfig(DictConfig):
     gain_channels: int = 64
     pitch_harmonics: int = 0
     pitch_channels: int = 32
+    pitch_predictor: PitchPredictorKind = "regression"
     voiced_harmonics: int = 0
     symmetric: bool = False
 
@@ -83,6 +87,9 @@ class FlowConfig(DictConfig):
             problems.append(f"lpc_order is for the source-filter family, not {self.family!r}")
         if self.pitch_harmonics and self.family != "source-filter":
             problems.append(f"pitch_harmonics is for the source-filter family, not {self.family!r}")
+        if self.pitch_predictor not in typing.get_args(PitchPredictorKind):
+            problems.append(f"pitch_predictor must be one of {typing.get_args(PitchPredictorKind)}, "
+                            f"got {self.pitch_predictor!r}")
         if self.voiced_harmonics < 0 or (self.voiced_harmonics and not self.pitch_harmonics):
             problems.append(f"voiced_harmonics needs pitch conditioning (pitch_harmonics > 0), "
                             f"got {self.voiced_harmonics}")
@@ -148,7 +155,7 @@ PRESETS: dict[str, FlowConfig] = {
     # 8 steps, not 12: the source-filter front leaves the flow less to do, and 12 steps run
     # below 50x real time on 2 CPU cores (docs/SOURCE_FILTER_STUDY.md).
     "source-filter": FlowConfig(family="source-filter", n_flows=8, shift_groups=True, lpc_order=24,
-                                pitch_harmonics=2),
+                                pitch_harmonics=2, pitch_predictor="classifier"),
 }
 
 

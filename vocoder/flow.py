@@ -17,7 +17,7 @@ from vocoder.config import FlowConfig
 from vocoder.errors import MelError, VocoderError
 from vocoder.mel import MelConfig
 from vocoder.options import SIGMA
-from vocoder.pitch import PitchPredictor, PitchTrack, harmonic_features
+from vocoder.pitch import PitchPredictor, PitchTrack, build_pitch_predictor, harmonic_features
 from vocoder.source_filter import SourceFilter
 
 
@@ -107,7 +107,8 @@ class WaveFlow(nn.Module):
                                                stride=config.hop_length)
         self.pitch: PitchPredictor | None = None
         if config.pitch_harmonics:
-            self.pitch = PitchPredictor(config.n_mels)
+            self.pitch = build_pitch_predictor(config.pitch_predictor, mel_config or MelConfig(
+                n_mels=config.n_mels, hop_length=config.hop_length))
             self.pitch_proj = nn.Conv1d(2 * config.pitch_harmonics * config.n_group, config.pitch_channels, 1)
         cond_channels = config.cond_channels
         self.convinv = nn.ModuleList()

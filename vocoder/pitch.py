@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import librosa
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vocoder.mel import hold_last_frame
+from vocoder.config import PitchPredictorKind
+from vocoder.mel import MelConfig, hold_last_frame
 
 # The speaking-pitch range searched by pYIN, for labels and for evaluation alike.
 F0_MIN_HZ = 65.0
@@ -52,28 +55,27 @@ class PitchTrack:
 class PitchPredictor(nn.Module):
     """Mel `(B, n_mels, T)` to log F0 `(B, T)` and a voicing logit `(B, T)`.
 
-    Its parameters never train with the flow (they are created frozen); `fitted` records
-    whether `training/pitch_fit.py` has fitted them.
+    A subclass maps the mel to `scores`, and says how to `decode` them and how to fit them to
+    pYIN labels (`fit_loss`). Its parameters never train with the flow (they are created
+    frozen); `fitted` records whether `training/pitch_fit.py` has fitted them.
     """
 
-    def __init__(self, n_mels: int, channels: int = 128, kernel_size: int = 5) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        padding = kernel_size // 2
-        self.hidden = nn.ModuleList([
-            nn.Conv1d(n_mels, channels, kernel_size, padding=padding, padding_mode="replicate"),
-            nn.Conv1d(channels, channels, kernel_size, padding=padding, padding_mode="replicate")])
-        self.out = nn.Conv1d(channels, 2, 1)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        self.requires_grad_(False)
+
+    def scores(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def fit_loss(self, scores: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+        """The loss against pYIN F0 (Hz) and voicing (0 or 1), `(B, T)` each."""
+        raise NotImplementedError
 
     def forward(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each layer's output past `frame_lengths` repeats the last valid frame, as the next
-        layer's edge padding would for a lone item."""
-        hidden = hold_last_frame(mel, frame_lengths)
-        for conv in self.hidden:
-            hidden = hold_last_frame(torch.tanh(conv(hidden)), frame_lengths)
-        out = self.out(hidden)
-        return math.log(F0_CENTRE_HZ) + out[:, 0], out[:, 1]
+        return self.decode(self.scores(mel, frame_lengths))
 
     def track(self, mel: torch.Tensor, hop: int, sample_rate: int,
               frame_lengths: torch.Tensor | None = None) -> PitchTrack:
@@ -83,6 +85,144 @@ class PitchPredictor(nn.Module):
             log_f0, voicing_logit = self(mel, frame_lengths)
             f0 = log_f0.exp().clamp(F0_MIN_HZ, F0_MAX_HZ)
         return PitchTrack.from_f0(f0, torch.sigmoid(voicing_logit), hop, sample_rate)
+
+
+def _voicing_loss(voicing_logit: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(voicing_logit, voiced)
+
+
+class PitchRegressor(PitchPredictor):
+    """Two tanh convolutions (9 frames seen) regressing log F0 by L1: the first source-filter
+    checkpoints' predictor, kept so that they load. It averages between octaves where the mel
+    is ambiguous, and misses unseen voices by hundreds of cents (docs/SOURCE_FILTER_STUDY.md)."""
+
+    def __init__(self, n_mels: int, channels: int = 128, kernel_size: int = 5) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.hidden = nn.ModuleList([
+            nn.Conv1d(n_mels, channels, kernel_size, padding=padding, padding_mode="replicate"),
+            nn.Conv1d(channels, channels, kernel_size, padding=padding, padding_mode="replicate")])
+        self.out = nn.Conv1d(channels, 2, 1)
+        self.requires_grad_(False)
+
+    def scores(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Each layer's output past `frame_lengths` repeats the last valid frame, as the next
+        layer's edge padding would for a lone item."""
+        hidden = hold_last_frame(mel, frame_lengths)
+        for conv in self.hidden:
+            hidden = hold_last_frame(torch.tanh(conv(hidden)), frame_lengths)
+        return self.out(hidden)
+
+    def decode(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return math.log(F0_CENTRE_HZ) + scores[:, 0], scores[:, 1]
+
+    def fit_loss(self, scores: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+        log_f0, voicing_logit = self.decode(scores)
+        log_error = ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced.sum().clamp(min=1)
+        return log_error + _voicing_loss(voicing_logit, voiced)
+
+
+# The classifier's F0 bins, F0_MIN_HZ up to F0_MAX_HZ, and the spread of its training target.
+BIN_CENTS = 20.0
+TARGET_SPREAD_CENTS = 25.0
+# Decoding averages the bins this close to the most likely one, so an octave's competing peak
+# never pulls the estimate between octaves.
+DECODE_HALF_WIDTH_BINS = 4
+# Harmonics below this frequency are resolved by the 80-band mel (its bands are ~38 Hz apart
+# up to 1 kHz), so only these bands enter the harmonic salience.
+SALIENCE_MAX_HZ = 1500.0
+SALIENCE_PEAK_WIDTH_HZ = 25.0
+
+
+def harmonic_templates(mel_config: MelConfig, bin_hz: torch.Tensor) -> torch.Tensor:
+    """`(bins, bands)`: the low mel bands' response to a harmonic comb at each F0 of `bin_hz`,
+    centred and of unit norm, so that a template's dot product with a frame's centred, normalised
+    low bands is their correlation."""
+    c = mel_config
+    filterbank = torch.from_numpy(librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels,
+                                                      fmin=c.fmin, fmax=c.fmax)).to(torch.float64)
+    centres = librosa.mel_frequencies(c.n_mels + 2, fmin=c.fmin, fmax=c.fmax or c.sample_rate / 2)[1:-1]
+    bands = max(2, int((centres < SALIENCE_MAX_HZ).sum()))  # a correlation needs 2
+    frequencies = torch.from_numpy(np.fft.rfftfreq(c.n_fft, 1 / c.sample_rate))
+    comb = torch.zeros(bin_hz.shape[0], frequencies.shape[0], dtype=torch.float64)
+    for harmonic in range(1, math.ceil(SALIENCE_MAX_HZ / F0_MIN_HZ) + 1):
+        partial = bin_hz.to(torch.float64)[:, None] * harmonic
+        peak = torch.exp(-0.5 * ((frequencies[None] - partial) / SALIENCE_PEAK_WIDTH_HZ) ** 2)
+        comb += (partial < SALIENCE_MAX_HZ) * peak / math.sqrt(harmonic)
+    templates = (comb ** 2 @ filterbank.T)[:, :bands]
+    templates = templates / templates.sum(dim=1, keepdim=True)
+    templates = templates - templates.mean(dim=1, keepdim=True)
+    return (templates / templates.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(torch.float32)
+
+
+class _DilatedBlock(nn.Module):
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.dilated = nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation, padding_mode="replicate")
+        self.mix = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.mix(F.gelu(self.dilated(hidden)))
+
+
+class PitchClassifier(PitchPredictor):
+    """A distribution over F0 bins (20 cents apart) and a voicing logit per frame, from the mel
+    and its harmonic salience (the correlation of the low bands with a harmonic comb at each
+    bin's F0), through dilated residual convolutions that see 63 frames (0.73 s).
+
+    Classifying rather than regressing keeps octave errors rare: the decoded F0 is the mean
+    over the bins around the most likely one only."""
+
+    def __init__(self, mel_config: MelConfig, channels: int = 128, blocks: int = 8) -> None:
+        super().__init__()
+        bins = math.ceil(1200 * math.log2(F0_MAX_HZ / F0_MIN_HZ) / BIN_CENTS) + 1
+        self.register_buffer("bin_cents", torch.arange(bins, dtype=torch.float32) * BIN_CENTS)
+        self.register_buffer("templates", harmonic_templates(mel_config, F0_MIN_HZ * 2 ** (self.bin_cents / 1200)))
+        self.input = nn.Conv1d(mel_config.n_mels + bins, channels, 3, padding=1, padding_mode="replicate")
+        self.blocks = nn.ModuleList([_DilatedBlock(channels, 2 ** (index % 4)) for index in range(blocks)])
+        self.out = nn.Conv1d(channels, bins + 1, 1)
+        self.requires_grad_(False)
+
+    def salience(self, mel: torch.Tensor) -> torch.Tensor:
+        """`(B, bins, T)` in [-1, 1]."""
+        low = mel[:, : self.templates.shape[1]]
+        low = low - low.mean(dim=1, keepdim=True)
+        low = low / (low.norm(dim=1, keepdim=True) + 1e-3)
+        return torch.einsum("kc,bct->bkt", self.templates, low)
+
+    def scores(self, mel: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Each layer's output past `frame_lengths` repeats the last valid frame, as the next
+        layer's edge padding would for a lone item."""
+        mel = hold_last_frame(mel, frame_lengths)
+        # The salience is a correlation; x4 brings it to the mel's spread.
+        hidden = hold_last_frame(self.input(torch.cat([mel, 4 * self.salience(mel)], dim=1)), frame_lengths)
+        for block in self.blocks:
+            hidden = hold_last_frame(block(hidden), frame_lengths)
+        return self.out(F.gelu(hidden))
+
+    def decode(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = scores[:, :-1].softmax(dim=1)
+        bins = probabilities.shape[1]
+        offsets = torch.arange(-DECODE_HALF_WIDTH_BINS, DECODE_HALF_WIDTH_BINS + 1, device=scores.device)
+        near = (probabilities.argmax(dim=1, keepdim=True) + offsets[None, :, None]).clamp(0, bins - 1)
+        weights = probabilities.gather(1, near)
+        cents = (self.bin_cents[near] * weights).sum(dim=1) / weights.sum(dim=1)
+        return math.log(F0_MIN_HZ) + cents * (math.log(2) / 1200), scores[:, -1]
+
+    def fit_loss(self, scores: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against a Gaussian bump over the bins at the label's F0, on voiced frames."""
+        cents = 1200 * torch.log2(f0.clamp(min=1) / F0_MIN_HZ)
+        target = torch.exp(-0.5 * ((self.bin_cents[None, :, None] - cents[:, None]) / TARGET_SPREAD_CENTS) ** 2)
+        target = target / target.sum(dim=1, keepdim=True).clamp(min=1e-8)
+        cross_entropy = -(target * scores[:, :-1].log_softmax(dim=1)).sum(dim=1)
+        voiced_frames = voiced.sum().clamp(min=1)
+        return (cross_entropy * voiced).sum() / voiced_frames + _voicing_loss(scores[:, -1], voiced)
+
+
+def build_pitch_predictor(kind: PitchPredictorKind, mel_config: MelConfig) -> PitchPredictor:
+    if kind == "classifier":
+        return PitchClassifier(mel_config)
+    return PitchRegressor(mel_config.n_mels)
 
 
 def _wrapped(angle: torch.Tensor) -> torch.Tensor:
