@@ -1,13 +1,15 @@
-"""The pitch predictor learns F0 and voicing from pYIN labels of the training clips."""
+"""The pitch predictors learn F0 and voicing from pYIN labels of the training clips; the
+classifier's harmonic salience and the fit's frequency warp put the F0 where it is."""
+import librosa
 import numpy as np
 import pytest
 import soundfile
 import torch
 
 from training.data import AudioStore, Clip
-from training.pitch_fit import fit_pitch_predictor
+from training.pitch_fit import fit_pitch_predictor, warp_frequency
 from vocoder.mel import MelConfig, MelSpectrogram
-from vocoder.pitch import build_pitch_predictor
+from vocoder.pitch import F0_MIN_HZ, PitchClassifier, build_pitch_predictor
 
 RATE = 22050
 # Fit steps, and how close (cents) the fitted predictor must come to each clip's F0.
@@ -49,3 +51,21 @@ def test_fit_learns_the_pitch_of_each_clip_and_marks_the_predictor_fitted(tmp_pa
         assert track.voicing[0, frames // 3 + 4: frames // 2 - 4].mean() < 0.3  # the silent gap
         predicted.append(median)
     assert 1200 * np.log2(predicted[1] / predicted[0]) > 900  # the octave between the clips, nearly
+
+
+def _salience_peak_hz(classifier, mel: torch.Tensor) -> float:
+    salience = classifier.salience(mel)[0, :, 5:-5].mean(dim=1)  # steady frames only
+    return F0_MIN_HZ * 2 ** (float(classifier.bin_cents[salience.argmax()]) / 1200)
+
+
+@pytest.mark.parametrize("f0", [110.0, 150.0, 220.0])
+def test_harmonic_salience_peaks_at_the_f0_and_moves_with_a_frequency_warp(f0):
+    config = MelConfig()
+    mel = MelSpectrogram(config)
+    classifier = PitchClassifier(config)
+    tone = mel(torch.from_numpy(_voice(f0)[: RATE // 2]))  # before the gap
+    assert abs(1200 * np.log2(_salience_peak_hz(classifier, tone) / f0)) <= 20  # one bin
+    band_hz = librosa.mel_frequencies(config.n_mels + 2, fmin=config.fmin, fmax=config.fmax)[1:-1]
+    factor = 2 ** 0.25
+    warped = warp_frequency(tone[0], factor, band_hz)[None]
+    assert abs(1200 * np.log2(_salience_peak_hz(classifier, warped) / (f0 * factor))) <= 20

@@ -280,3 +280,40 @@ def test_init_from_checkpoint(tmp_path, speech_dir, tiny_recipe, capsys):
                                                      "mel": tiny_recipe["mel"]})
     assert main(["--config", str(mismatched), "--data", data, "--out", str(tmp_path / "r2"), "--init", str(init)]) == 2
     assert "n_flows: recipe 2 vs checkpoint 4" in capsys.readouterr().err
+
+
+def test_init_with_another_pitch_predictor_keeps_the_flow_and_fits_the_new_one(tmp_path, speech_dir, tiny_recipe,
+                                                                             monkeypatch, capsys):
+    import training.vocoder_task
+    from training.pitch_fit import fit_pitch_predictor
+
+    fitted_kinds = []
+
+    def short_fit(predictor, store, mel, seed, labels=None):
+        fitted_kinds.append(type(predictor).__name__)
+        return fit_pitch_predictor(predictor, store, mel, seed, steps=2, labels=labels)
+
+    monkeypatch.setattr(training.vocoder_task, "fit_pitch_predictor", short_fit)
+    source_filter = {**tiny_recipe["model"], "family": "source-filter", "shift_groups": True, "lpc_order": 8,
+                     "gain_channels": 4, "pitch_harmonics": 2, "pitch_channels": 4}
+    mel_config = config_from_dict(tiny_recipe).mel
+    source = Vocoder.from_config(FlowConfig.from_dict({**source_filter, "pitch_predictor": "regression"}),
+                                 mel_config, seed=3)
+    init = source.save_pretrained(tmp_path / "init")
+    data = str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))
+    raw = {**tiny_recipe, "model": {**source_filter, "pitch_predictor": "classifier"},
+           "train": {**tiny_recipe["train"], "max_steps": 1, "val_every": 100}, "optim": {"lr": 1e-9}}
+    run = tmp_path / "run"
+    assert main(["--config", str(write_recipe(tmp_path / "r.yaml", raw)), "--data", data, "--out", str(run),
+                 "--init", str(init)]) == 0
+    assert fitted_kinds == ["PitchClassifier"]
+    trained = load_checkpoint(run / "checkpoints" / "step-00000001")
+    assert trained.model.pitch_predictor == "classifier" and trained.state_dict["pitch.fitted"].item()
+    flow_weights = {k: v for k, v in source.flow.plain_state_dict().items() if not k.startswith("pitch.")}
+    assert flow_weights and all(torch.allclose(trained.state_dict[k], v, atol=1e-5) for k, v in flow_weights.items())
+
+    # Any other difference is still refused.
+    other = {**raw, "model": {**raw["model"], "n_flows": 2}}
+    assert main(["--config", str(write_recipe(tmp_path / "o.yaml", other)), "--data", data,
+                 "--out", str(tmp_path / "r2"), "--init", str(init)]) == 2
+    assert "n_flows: recipe 2 vs checkpoint 4" in capsys.readouterr().err

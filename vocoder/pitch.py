@@ -134,25 +134,26 @@ SALIENCE_MAX_HZ = 1500.0
 SALIENCE_PEAK_WIDTH_HZ = 25.0
 
 
-def harmonic_templates(mel_config: MelConfig, bin_hz: torch.Tensor) -> torch.Tensor:
+def harmonic_templates(mel_config: MelConfig, bin_hz: np.ndarray) -> torch.Tensor:
     """`(bins, bands)`: the low mel bands' response to a harmonic comb at each F0 of `bin_hz`,
     centred and of unit norm, so that a template's dot product with a frame's centred, normalised
-    low bands is their correlation."""
+    low bands is their correlation. (NumPy, so that it also builds under a meta-device context.)"""
     c = mel_config
-    filterbank = torch.from_numpy(librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels,
-                                                      fmin=c.fmin, fmax=c.fmax)).to(torch.float64)
+    filterbank = librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin,
+                                     fmax=c.fmax).astype(np.float64)
     centres = librosa.mel_frequencies(c.n_mels + 2, fmin=c.fmin, fmax=c.fmax or c.sample_rate / 2)[1:-1]
     bands = max(2, int((centres < SALIENCE_MAX_HZ).sum()))  # a correlation needs 2
-    frequencies = torch.from_numpy(np.fft.rfftfreq(c.n_fft, 1 / c.sample_rate))
-    comb = torch.zeros(bin_hz.shape[0], frequencies.shape[0], dtype=torch.float64)
+    frequencies = np.fft.rfftfreq(c.n_fft, 1 / c.sample_rate)
+    comb = np.zeros((bin_hz.shape[0], frequencies.shape[0]))
     for harmonic in range(1, math.ceil(SALIENCE_MAX_HZ / F0_MIN_HZ) + 1):
-        partial = bin_hz.to(torch.float64)[:, None] * harmonic
-        peak = torch.exp(-0.5 * ((frequencies[None] - partial) / SALIENCE_PEAK_WIDTH_HZ) ** 2)
+        partial = bin_hz[:, None] * harmonic
+        peak = np.exp(-0.5 * ((frequencies[None] - partial) / SALIENCE_PEAK_WIDTH_HZ) ** 2)
         comb += (partial < SALIENCE_MAX_HZ) * peak / math.sqrt(harmonic)
     templates = (comb ** 2 @ filterbank.T)[:, :bands]
-    templates = templates / templates.sum(dim=1, keepdim=True)
-    templates = templates - templates.mean(dim=1, keepdim=True)
-    return (templates / templates.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(torch.float32)
+    templates = templates / templates.sum(axis=1, keepdims=True)
+    templates = templates - templates.mean(axis=1, keepdims=True)
+    templates = templates / np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
+    return torch.from_numpy(templates.astype(np.float32))
 
 
 class _DilatedBlock(nn.Module):
@@ -175,9 +176,10 @@ class PitchClassifier(PitchPredictor):
 
     def __init__(self, mel_config: MelConfig, channels: int = 128, blocks: int = 8) -> None:
         super().__init__()
-        bins = math.ceil(1200 * math.log2(F0_MAX_HZ / F0_MIN_HZ) / BIN_CENTS) + 1
-        self.register_buffer("bin_cents", torch.arange(bins, dtype=torch.float32) * BIN_CENTS)
-        self.register_buffer("templates", harmonic_templates(mel_config, F0_MIN_HZ * 2 ** (self.bin_cents / 1200)))
+        bin_cents = np.arange(math.ceil(1200 * math.log2(F0_MAX_HZ / F0_MIN_HZ) / BIN_CENTS) + 1) * BIN_CENTS
+        bins = bin_cents.shape[0]
+        self.register_buffer("bin_cents", torch.from_numpy(bin_cents.astype(np.float32)))
+        self.register_buffer("templates", harmonic_templates(mel_config, F0_MIN_HZ * 2 ** (bin_cents / 1200)))
         self.input = nn.Conv1d(mel_config.n_mels + bins, channels, 3, padding=1, padding_mode="replicate")
         self.blocks = nn.ModuleList([_DilatedBlock(channels, 2 ** (index % 4)) for index in range(blocks)])
         self.out = nn.Conv1d(channels, bins + 1, 1)
