@@ -128,3 +128,21 @@ def test_comb_level_finds_a_group_rate_buzz():
     buzz[::period] = 8.0
     assert abs(comb_level_db(noise, rate, period)) < 1.5
     assert comb_level_db(noise + buzz, rate, period) > 6
+
+
+def test_voiced_mean_leaves_out_harmonics_at_or_above_nyquist():
+    mel_config = MelConfig()
+    harmonics, f0, frames = 30, 400.0, 6
+    source_filter = SourceFilter(8, 4, mel_config, voiced_harmonics=harmonics)
+    with torch.no_grad():
+        source_filter.voiced_net[2].bias.fill_(1.0)  # every sine and cosine amplitude 1
+    mel = torch.zeros(1, mel_config.n_mels, frames)
+    track = PitchTrack.from_f0(torch.full((1, frames), f0), torch.ones(1, frames), mel_config.hop_length,
+                               mel_config.sample_rate)
+    length = (frames - 1) * mel_config.hop_length
+    mean = source_filter.voiced_mean(source_filter.frame_filter(mel), track, 0, length)
+    # 27 x 400 Hz is below 11025 Hz, 28 x 400 Hz above: only the first 27 may sound.
+    audible = int((mel_config.sample_rate / 2) // f0)
+    features = harmonic_features(track, audible, mel_config.hop_length, mel_config.sample_rate, 0, length)
+    assert audible == 27
+    assert torch.allclose(mean, features.sum(dim=1).to(mean.dtype), atol=1e-4)

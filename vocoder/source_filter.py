@@ -236,6 +236,7 @@ class SourceFilter(nn.Module):
     network whose last layer starts at zero. With `voiced_harmonics`, the whitened excitation
     also loses its voiced mean: sum over harmonics k of a_k cos(k phi) + b_k sin(k phi),
     weighted by voicing, with phi the pitch track's phase and a, b from another such network
+    (a harmonic at or above Nyquist is left out where it is)
     (a shift given the mel: log-det 0). Sampling adds it back, so the voiced source is a
     harmonic pulse train locked to the phase, with no squeeze grid in it.
     """
@@ -302,7 +303,10 @@ class SourceFilter(nn.Module):
         (with voiced amplitudes) and `pitch` track these are."""
         assert frame_filter.voiced is not None, "a source filter without a voiced mean"
         features = harmonic_features(pitch, self.voiced_harmonics, self.hop, self.sample_rate, start, length)
-        amplitudes = interpolate_frames(frame_filter.voiced, self.hop, start, length)
+        # A harmonic at or above Nyquist would alias: it is silenced in every frame where it is.
+        multiples = torch.arange(1, self.voiced_harmonics + 1, device=pitch.f0.device)
+        below_nyquist = (pitch.f0[:, :, None] * multiples < self.sample_rate / 2).repeat(1, 1, 2)
+        amplitudes = interpolate_frames(frame_filter.voiced * below_nyquist, self.hop, start, length)
         return torch.einsum("bkl,blk->bl", features.to(amplitudes.dtype), amplitudes)
 
     def whiten(self, audio: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor | None = None,
