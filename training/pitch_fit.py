@@ -5,6 +5,8 @@ stays frozen afterwards, so the flow always conditions on a fixed function of th
 """
 from __future__ import annotations
 
+import math
+
 import librosa
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ FIT_STEPS = 2000
 FIT_WINDOW_FRAMES = 128
 FIT_BATCH = 16
 FIT_PEAK_LR = 2e-3
+FIT_WARMUP_SHARE = 0.05
 # Each window's frequency axis is stretched by up to this many octaves either way, its F0 label
 # with it, so that the predictor meets voices pitched outside the few training speakers'.
 FIT_WARP_OCTAVES = 0.5
@@ -115,7 +118,9 @@ def fit_pitch_predictor(predictor: PitchPredictor, store: AudioStore, mel: MelSp
     predictor.requires_grad_(True)
     optimizer = torch.optim.Adam(predictor.parameters(), lr=FIT_PEAK_LR)
     # A short warm-up, then a cosine decay: the last steps refine rather than jump.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=FIT_PEAK_LR, total_steps=steps, pct_start=0.05)
+    warmup = max(1, round(FIT_WARMUP_SHARE * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+        (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))))
     cents = vuv = 0.0
     with tqdm(range(steps), desc="fitting pitch", unit="step") as bar:
         for step in bar:
