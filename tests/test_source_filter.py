@@ -16,6 +16,7 @@ from vocoder.mel import MelConfig, MelSpectrogram
 from vocoder.pitch import PitchTrack, harmonic_features
 from vocoder.source_filter import (
     SourceFilter,
+    frame_interpolator,
     interpolate_frames,
     lattice_analysis,
     lattice_synthesis,
@@ -146,3 +147,12 @@ def test_voiced_mean_leaves_out_harmonics_at_or_above_nyquist():
     features = harmonic_features(track, audible, mel_config.hop_length, mel_config.sample_rate, 0, length)
     assert audible == 27
     assert torch.allclose(mean, features.sum(dim=1).to(mean.dtype), atol=1e-4)
+
+
+@pytest.mark.parametrize("start, length", [(0, 160), (48, 100), (37, 5), (150, 64)])
+def test_frame_interpolator_equals_interpolate_frames(start, length):
+    values = torch.randn(2, 9, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    channel = frame_interpolator(values, 16, start, length)
+    expected = interpolate_frames(values, 16, start, length)
+    for k in range(5):
+        assert torch.allclose(channel(k), expected[:, :, k], atol=1e-12)

@@ -7,6 +7,7 @@ network is fitted to pYIN labels before the flow trains (training/pitch_fit.py),
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import librosa
@@ -258,18 +259,32 @@ def sample_phase(track: PitchTrack, hop: int, sample_rate: int, start: int,
     return phase, voicing
 
 
+def harmonic_angle(track: PitchTrack, hop: int, sample_rate: int, start: int, length: int,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The track's phase wrapped to [0, 2 pi) and its voicing at samples `start..start+length`,
+    `(B, length)` each, in `dtype`."""
+    phase, voicing = sample_phase(track, hop, sample_rate, start, length)
+    # The phase needs float64 to stay exact over long signals; once wrapped, float32 does.
+    return torch.remainder(phase, 2 * math.pi).to(dtype), voicing.to(dtype)
+
+
+def harmonic_pairs(angle: torch.Tensor, harmonics: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """sin(k angle) and cos(k angle) for k = 1..`harmonics`, by the angle-addition formulas."""
+    sine, cosine = angle.sin(), angle.cos()
+    higher_sine, higher_cosine = sine, cosine
+    for k in range(1, harmonics + 1):
+        yield higher_sine, higher_cosine
+        if k < harmonics:
+            higher_sine, higher_cosine = (higher_sine * cosine + higher_cosine * sine,
+                                          higher_cosine * cosine - higher_sine * sine)
+
+
 def harmonic_features(track: PitchTrack, harmonics: int, hop: int, sample_rate: int, start: int,
                       length: int) -> torch.Tensor:
     """Voicing-weighted sin and cos of the first `harmonics` multiples of the F0 phase, at
     samples `start..start+length` of the track's signal: `(B, 2 * harmonics, length)`."""
-    phase, voicing = sample_phase(track, hop, sample_rate, start, length)
-    # The phase needs float64 to stay exact over long signals; once wrapped, float32 does.
-    angle = torch.remainder(phase, 2 * math.pi).to(voicing.dtype)
-    sine, cosine = angle.sin(), angle.cos()
-    sines, cosines = [sine], [cosine]
-    for _ in range(harmonics - 1):  # the angle-addition formulas give the higher harmonics
-        sines.append(sines[-1] * cosine + cosines[-1] * sine)
-        cosines.append(cosines[-1] * cosine - sines[-2] * sine)
+    angle, voicing = harmonic_angle(track, hop, sample_rate, start, length, track.voicing.dtype)
+    sines, cosines = zip(*harmonic_pairs(angle, harmonics))
     return torch.stack(sines + cosines, dim=1) * voicing.unsqueeze(1)
 
 

