@@ -64,6 +64,7 @@ def test_overrides_are_typed_and_refine_presets(tmp_path):
     ("model.n_flow=3", "unknown config key 'model.n_flow'"),
     ("train.batch_size=many", "'train.batch_size' must be an integer"),
     ("train.precision=fp64", "'train.precision' must be one of"),
+    ("model.pitch_predictor=crepe", "'model.pitch_predictor' must be one of"),
     ("model=tiny", "unknown model preset 'tiny'"),
     ("train.max_steps", "must look like section.key=value"),
 ])
