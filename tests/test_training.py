@@ -283,8 +283,8 @@ def test_init_from_checkpoint(tmp_path, speech_dir, tiny_recipe, capsys):
     assert "n_flows: recipe 2 vs checkpoint 4" in capsys.readouterr().err
 
 
-def test_init_with_another_pitch_predictor_keeps_the_flow_and_fits_the_new_one(tmp_path, speech_dir, tiny_recipe,
-                                                                             monkeypatch, capsys):
+def test_init_adapts_to_another_pitch_predictor_and_more_voiced_harmonics(tmp_path, speech_dir, tiny_recipe,
+                                                                          monkeypatch, capsys):
     import training.vocoder_task
     from training.pitch_fit import fit_pitch_predictor
 
@@ -298,11 +298,15 @@ def test_init_with_another_pitch_predictor_keeps_the_flow_and_fits_the_new_one(t
     source_filter = {**tiny_recipe["model"], "family": "source-filter", "shift_groups": True, "lpc_order": 8,
                      "gain_channels": 4, "pitch_harmonics": 2, "pitch_channels": 4}
     mel_config = config_from_dict(tiny_recipe).mel
-    source = Vocoder.from_config(FlowConfig.from_dict({**source_filter, "pitch_predictor": "regression"}),
-                                 mel_config, seed=3)
+    source = Vocoder.from_config(FlowConfig.from_dict({**source_filter, "pitch_predictor": "regression",
+                                                       "voiced_harmonics": 2}), mel_config, seed=3)
+    amplitudes = source.flow.source_filter.voiced_net[2]
+    with torch.no_grad():  # it starts at zero; the test must see where each harmonic's row goes
+        amplitudes.weight.normal_()
+        amplitudes.bias.normal_()
     init = source.save_pretrained(tmp_path / "init")
     data = str(audio_filelist(tmp_path, speech_dir, LJ_CLIPS))
-    raw = {**tiny_recipe, "model": {**source_filter, "pitch_predictor": "classifier"},
+    raw = {**tiny_recipe, "model": {**source_filter, "pitch_predictor": "classifier", "voiced_harmonics": 3},
            "train": {**tiny_recipe["train"], "max_steps": 1, "val_every": 100}, "optim": {"lr": 1e-9}}
     run = tmp_path / "run"
     assert main(["--config", str(write_recipe(tmp_path / "r.yaml", raw)), "--data", data, "--out", str(run),
@@ -310,8 +314,14 @@ def test_init_with_another_pitch_predictor_keeps_the_flow_and_fits_the_new_one(t
     assert fitted_kinds == ["PitchClassifier"]
     trained = load_checkpoint(run / "checkpoints" / "step-00000001")
     assert trained.model.pitch_predictor == "classifier" and trained.state_dict["pitch.fitted"].item()
-    flow_weights = {k: v for k, v in source.flow.plain_state_dict().items() if not k.startswith("pitch.")}
-    assert flow_weights and all(torch.allclose(trained.state_dict[k], v, atol=1e-5) for k, v in flow_weights.items())
+    kept = {k: v for k, v in source.flow.plain_state_dict().items()
+            if not k.startswith(("pitch.", "source_filter.voiced_net.2."))}
+    assert kept and all(torch.allclose(trained.state_dict[k], v, atol=1e-5) for k, v in kept.items())
+    for name in ("weight", "bias"):
+        old, grown = getattr(amplitudes, name).detach(), trained.state_dict[f"source_filter.voiced_net.2.{name}"]
+        # Rows: sines of harmonics 1-3, then cosines; harmonic 3's start at 0.
+        assert torch.allclose(grown[[0, 1, 3, 4]], old, atol=1e-5)
+        assert grown[[2, 5]].abs().max() < 1e-5
 
     # Any other difference is still refused.
     other = {**raw, "model": {**raw["model"], "n_flows": 2}}

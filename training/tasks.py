@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -66,19 +67,23 @@ class Task(abc.ABC):
         """The freshly initialised model of `config.model`."""
 
     @staticmethod
-    def refitted_parts(init_model: Any, model: Any) -> list[str]:
-        """The state-dict prefixes that training fits afresh when the recipe's `model` differs
-        from the `--init` checkpoint's `init_model` only there; empty when they must match."""
+    def init_adaptations(init_model: Any, model: Any) -> list[str]:
+        """How training adapts the `--init` checkpoint's weights when the recipe's `model`
+        differs from the checkpoint's `init_model` (a phrase each, for the log); empty when
+        they must match."""
         return []
 
+    def adapt_init_state(self, init_model: Any, state: dict[str, torch.Tensor],
+                         fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The `--init` weights `state` made to fit `config.model` (whose new weights are
+        `fresh`), as `init_adaptations` says."""
+        return state
+
     def build_flow(self, init: Any | None, init_path: str | None) -> nn.Module:
-        """The model to train, with the weights of `init` when given (less its refitted parts)."""
+        """The model to train, with the weights of `init` when given (adapted to the recipe's model)."""
         flow = self.new_flow()
         if init is not None:
-            state = dict(init.state_dict)
-            for prefix in self.refitted_parts(self.checkpoint_model(init), self.config.model):
-                state = {key: value for key, value in state.items() if not key.startswith(prefix)}
-                state.update({key: value for key, value in flow.state_dict().items() if key.startswith(prefix)})
+            state = self.adapt_init_state(self.checkpoint_model(init), dict(init.state_dict), flow.state_dict())
             check_state_dict(flow.state_dict(), state, init_path or "--init checkpoint")
             flow.load_state_dict(state)
         return flow

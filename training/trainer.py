@@ -72,11 +72,10 @@ def resolve_model(config: TrainConfig, init: Any | None) -> TrainConfig:
     model, mel = config.model, config.mel
     if init is not None:
         init_model = task.checkpoint_model(init)
-        refitted = model is not None and task.refitted_parts(init_model, model)
-        if refitted:
-            log.info("--init: the recipe's model differs from the checkpoint's in %s, which is fitted afresh",
-                     ", ".join(refitted))
-        elif model is not None and model != init_model:
+        adaptations = task.init_adaptations(init_model, model) if model is not None else []
+        for adaptation in adaptations:
+            log.info("--init: the recipe's model differs from the checkpoint's: %s", adaptation)
+        if model is not None and model != init_model and not adaptations:
             raise ConfigError(f"--init checkpoint's model config differs from the recipe "
                               f"({_differences(model, init_model)}); remove `model` from the recipe to take "
                               f"the checkpoint's")
@@ -84,7 +83,7 @@ def resolve_model(config: TrainConfig, init: Any | None) -> TrainConfig:
             raise ConfigError(f"--init checkpoint's mel config differs from the recipe "
                               f"({_differences(mel, init.mel)}); remove `mel` from the recipe to take the "
                               f"checkpoint's")
-        model, mel = (model if refitted else init_model), init.mel
+        model, mel = (model if adaptations else init_model), init.mel
     model = model or task.default_model()
     mel = mel or task.default_mel(model)
     resolved = replace(config, model=model, mel=mel)

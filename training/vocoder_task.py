@@ -46,13 +46,33 @@ class VocoderTask(Task):
         return FlowConfig()
 
     @staticmethod
-    def refitted_parts(init_model: FlowConfig, model: FlowConfig) -> list[str]:
-        """Another kind of pitch predictor: it is fitted before the first step, and the flow keeps
-        its weights (one trained with `loss.pitch_phase=aligned` never saw the old predictor)."""
-        if (model.pitch_predictor != init_model.pitch_predictor
-                and model == init_model.updated(pitch_predictor=model.pitch_predictor)):
-            return ["pitch."]
-        return []
+    def init_adaptations(init_model: FlowConfig, model: FlowConfig) -> list[str]:
+        """Another kind of pitch predictor, fitted before the first step (a flow trained with
+        `loss.pitch_phase=aligned` never saw the old one's output), and more voiced harmonics,
+        the new ones starting at 0 (so the model starts as the checkpoint's)."""
+        changes, adapted = [], init_model
+        if model.pitch_predictor != init_model.pitch_predictor:
+            changes.append(f"its pitch predictor is replaced by a new {model.pitch_predictor}, fitted afresh")
+            adapted = adapted.updated(pitch_predictor=model.pitch_predictor)
+        if model.voiced_harmonics > init_model.voiced_harmonics > 0:
+            changes.append(f"its voiced mean grows from {init_model.voiced_harmonics} to {model.voiced_harmonics} "
+                           f"harmonics, the new ones starting at 0")
+            adapted = adapted.updated(voiced_harmonics=model.voiced_harmonics)
+        return changes if adapted == model else []
+
+    def adapt_init_state(self, init_model: FlowConfig, state: dict[str, torch.Tensor],
+                         fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        model = self.config.model
+        if model.pitch_predictor != init_model.pitch_predictor:
+            state = {key: value for key, value in state.items() if not key.startswith("pitch.")}
+            state.update({key: value for key, value in fresh.items() if key.startswith("pitch.")})
+        old, new = init_model.voiced_harmonics, model.voiced_harmonics
+        if new > old > 0:
+            for key in ("source_filter.voiced_net.2.weight", "source_filter.voiced_net.2.bias"):
+                grown = torch.zeros_like(fresh[key])
+                grown[:old], grown[new:new + old] = state[key][:old], state[key][old:]  # sines, then cosines
+                state[key] = grown
+        return state
 
     @staticmethod
     def default_mel(model: FlowConfig) -> MelConfig:
