@@ -153,9 +153,11 @@ PRESETS: dict[str, FlowConfig] = {
     "efficient": FlowConfig(),
     "efficient-small": FlowConfig(n_flows=8, n_channels=96, n_layers=4, dilation_cycle=2),
     # 8 steps, not 12: the source-filter front leaves the flow less to do, and 12 steps run
-    # below 50x real time on 2 CPU cores (docs/SOURCE_FILTER_STUDY.md).
+    # below 50x real time on 2 CPU cores. Symmetric couplings leave no buzz at the group rate,
+    # and the voiced mean gives them the voice (docs/SOURCE_FILTER_STUDY.md).
     "source-filter": FlowConfig(family="source-filter", n_flows=8, shift_groups=True, lpc_order=24,
-                                pitch_harmonics=2, pitch_predictor="classifier"),
+                                pitch_harmonics=2, pitch_predictor="classifier", voiced_harmonics=48,
+                                symmetric=True),
 }
 
 
