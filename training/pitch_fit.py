@@ -16,7 +16,8 @@ from tqdm import tqdm
 from training.data import AudioStore
 from training.logging_utils import log
 from vocoder.mel import MelSpectrogram
-from vocoder.pitch import F0_CENTRE_HZ, F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ, PitchPredictor
+from vocoder.pitch import (F0_CENTRE_HZ, F0_FRAME_SECONDS, F0_MAX_HZ, F0_MIN_HZ, PitchPredictor,
+                           voiced_log_f0_error)
 
 # pYIN F0 (Hz, 0 where unvoiced) and voicing (0 or 1) of one clip, at the mel's frame centres.
 PitchLabels = tuple[np.ndarray, np.ndarray]
@@ -91,7 +92,7 @@ def pitch_loss(predictor: PitchPredictor, mel: torch.Tensor, f0: torch.Tensor,
     scores = predictor.scores(mel)
     with torch.no_grad():
         log_f0, voicing_logit = predictor.decode(scores)
-        log_error = ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced.sum().clamp(min=1)
+        log_error = voiced_log_f0_error(log_f0, f0, voiced)
         vuv_error = ((voicing_logit > 0).float() != voiced).float().mean()
     return predictor.fit_loss(scores, f0, voiced), log_error * 1200 / np.log(2), vuv_error
 

@@ -96,10 +96,10 @@ class WaveFlow(nn.Module):
     def __init__(self, config: FlowConfig, mel_config: MelConfig | None = None) -> None:
         super().__init__()
         self.config = config
-        self.sample_rate = (mel_config or MelConfig()).sample_rate
+        mel_config = mel_config or MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
+        self.sample_rate = mel_config.sample_rate
         self.source_filter: SourceFilter | None = None
         if config.family == "source-filter":
-            mel_config = mel_config or MelConfig(n_mels=config.n_mels, hop_length=config.hop_length)
             self.source_filter = SourceFilter(config.lpc_order, config.gain_channels, mel_config,
                                               config.voiced_harmonics)
         if config.family == "waveglow":
@@ -107,8 +107,7 @@ class WaveFlow(nn.Module):
                                                stride=config.hop_length)
         self.pitch: PitchPredictor | None = None
         if config.pitch_harmonics:
-            self.pitch = build_pitch_predictor(config.pitch_predictor, mel_config or MelConfig(
-                n_mels=config.n_mels, hop_length=config.hop_length))
+            self.pitch = build_pitch_predictor(config.pitch_predictor, mel_config)
             self.pitch_proj = nn.Conv1d(2 * config.pitch_harmonics * config.n_group, config.pitch_channels, 1)
         cond_channels = config.cond_channels
         self.convinv = nn.ModuleList()

@@ -92,6 +92,11 @@ def _voicing_loss(voicing_logit: torch.Tensor, voiced: torch.Tensor) -> torch.Te
     return F.binary_cross_entropy_with_logits(voicing_logit, voiced)
 
 
+def voiced_log_f0_error(log_f0: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    """The mean absolute error of `log_f0` against the label `f0` (Hz) over `voiced` frames."""
+    return ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced.sum().clamp(min=1)
+
+
 class PitchRegressor(PitchPredictor):
     """Two tanh convolutions (9 frames seen) regressing log F0 by L1: the first source-filter
     checkpoints' predictor, kept so that they load. It averages between octaves where the mel
@@ -119,8 +124,7 @@ class PitchRegressor(PitchPredictor):
 
     def fit_loss(self, scores: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
         log_f0, voicing_logit = self.decode(scores)
-        log_error = ((log_f0 - f0.clamp(min=1).log()).abs() * voiced).sum() / voiced.sum().clamp(min=1)
-        return log_error + _voicing_loss(voicing_logit, voiced)
+        return voiced_log_f0_error(log_f0, f0, voiced) + _voicing_loss(voicing_logit, voiced)
 
 
 # The classifier's F0 bins, F0_MIN_HZ up to F0_MAX_HZ, and the spread of its training target.

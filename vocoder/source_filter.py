@@ -11,9 +11,8 @@ on disk: the service may run from a read-only file system.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import librosa
@@ -258,9 +257,9 @@ class SourceFilter(nn.Module):
     The gain is the LPC prediction-error gain times exp(h(mel)), where h is a small learned
     network whose last layer starts at zero. With `voiced_harmonics`, the whitened excitation
     also loses its voiced mean: sum over harmonics k of a_k cos(k phi) + b_k sin(k phi),
-    weighted by voicing, with phi the pitch track's phase and a, b from another such network
-    (a harmonic at or above Nyquist is left out where it is)
-    (a shift given the mel: log-det 0). Sampling adds it back, so the voiced source is a
+    weighted by voicing, with phi the pitch track's phase and a, b from another such network,
+    leaving out a harmonic in the frames where it is at or above Nyquist (a shift given the mel:
+    log-det 0). Sampling adds it back, so the voiced source is a
     harmonic pulse train locked to the phase, with no squeeze grid in it.
     """
 
